@@ -1,0 +1,1 @@
+"""Backtests: scenarios (pure) and the runner that replays a reward table through the engine."""

@@ -1,0 +1,237 @@
+"""The event-sourced StageRoute engine: ``apply(state, event) -> (state, outputs)``.
+
+No I/O, no clock, no global randomness: decisions are a function of (config, ordered events,
+seed).  ``apply`` takes ownership of ``state`` and returns it updated (mutated in place, for
+speed); a rejected event leaves it untouched except for the sequence number and a dead letter.
+
+Per event (``seq`` is its position in the journal):
+
+* model arrived: joins the candidate pool; deployed only at the next stage start (a policy with
+  no stage commitment deploys it at once).
+* model expired: leaves the pool; if deployed it is never routed to again and the next query's
+  RouteOPT is solved over the rest (the route cache is dropped); if nothing deployed is left,
+  DeployOPT runs at once (reason ``deployed_set_empty``).
+* stage boundary ``k > stage``: DeployOPT over the live candidates (reason ``stage_boundary``).
+* query: RouteOPT over the deployed set, a draw keyed by (seed, query id), the model sampled
+  from ``p``; remembered until feedback (bounded: see ``EngineConfig.max_tracked_queries`` and
+  ``query_ttl``).  Before any deployment, DeployOPT runs first (reason ``initial``).
+* feedback: Welford update of the routed model's statistics (also after it expired), whenever
+  it comes and in any order; its cost counts towards the realised spend that budget pacing
+  steers by (``config.paced_budget``).
+
+Between two feedbacks the deployed set's bounds and the paced budget do not change, so a
+cacheable policy's RouteOPT answer is reused (``cached=True`` on the decision).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+from schemas import (
+    DeadLetter,
+    DeadLetterReason,
+    DeploymentDecision,
+    Event,
+    Feedback,
+    ModelArrived,
+    ModelExpired,
+    Query,
+    RoutingDecision,
+    StageBoundary,
+    encode,
+)
+from solvers import deploy_opt
+from solvers.route_opt import solve_lists
+from stageroute.engine.config import paced_budget
+from stageroute.engine.state import EngineState, QueryRecord, RouteCache
+from stageroute.policies import ModelStats, sample_index, uniform
+
+Output = RoutingDecision | DeploymentDecision | DeadLetter
+DeployReason = Literal["stage_boundary", "initial", "deployed_set_empty", "model_arrived"]
+
+
+class Rejected(Exception):
+    """Raised by a handler before it changes anything; becomes a dead letter."""
+
+    def __init__(self, reason: DeadLetterReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def apply(state: EngineState, event: Event) -> tuple[EngineState, list[Output]]:
+    """Apply one validated event; returns the state and the decisions it produced."""
+    seq = state.seq
+    state.seq = seq + 1
+    if event.time > state.clock:
+        state.clock = event.time
+        if state.config.query_ttl is not None:
+            _forget_old_queries(state)
+    outputs: list[Output] = []
+    try:
+        if isinstance(event, Query):
+            _on_query(state, event, seq, outputs)
+        elif isinstance(event, Feedback):
+            _on_feedback(state, event)
+        elif isinstance(event, ModelArrived):
+            _on_arrival(state, event, seq, outputs)
+        elif isinstance(event, ModelExpired):
+            _on_expiry(state, event, seq, outputs)
+        else:
+            _on_stage(state, event, seq, outputs)
+    except Rejected as rejected:
+        state.counters["dead_letters"] += 1
+        outputs.append(DeadLetter(domain=state.config.domain, seq=seq, reason=rejected.reason,
+                                  detail=rejected.detail, payload=encode(event).decode()))
+    return state, outputs
+
+
+def fold(state: EngineState, events: Iterable[Event]) -> tuple[EngineState, list[Output]]:
+    """Apply events in order; replay and backtest are this loop."""
+    outputs: list[Output] = []
+    for event in events:
+        state, out = apply(state, event)
+        outputs.extend(out)
+    return state, outputs
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+
+def _on_query(state: EngineState, event: Query, seq: int, outputs: list[Output]) -> None:
+    query_id = event.query_id
+    if query_id in state.queries:
+        raise Rejected(DeadLetterReason.DUPLICATE_QUERY, f"query_id: {query_id!r} already seen")
+    if not state.deployed:
+        if not any(m.live for m in state.models.values()):
+            raise Rejected(DeadLetterReason.NO_MODELS,
+                           f"query {query_id!r}: no live model to route to")
+        reason: DeployReason = "initial" if state.stage < 0 else "deployed_set_empty"
+        outputs.append(_deploy(state, seq, event.time, reason))
+
+    deployed, config = state.deployed, state.config
+    cache = state.route_cache
+    cached = cache is not None
+    if cache is None:
+        scores = state.policy.route_scores(deployed, query_id)
+        alpha = [m.alpha for m in deployed]
+        budget = (paced_budget(config.budget, state.spent, state.counters["feedback"])
+                  if config.budget_pacing else config.budget)
+        p, status = solve_lists(scores.reward, scores.cost, alpha, budget)
+        cache = RouteCache(scores, alpha, budget, p, status)
+        if scores.cacheable:
+            state.route_cache = cache
+    draw = uniform(config.seed, query_id)
+    chosen = deployed[sample_index(cache.p, draw)].model_id
+    state.queries[query_id] = QueryRecord(chosen, event.time)
+    if len(state.queries) > config.max_tracked_queries:
+        state.queries.popitem(last=False)
+        state.counters["forgotten_queries"] += 1
+    state.counters["routed"] += 1
+    outputs.append(RoutingDecision.model_construct(
+        domain=config.domain, query_id=query_id, seq=seq, stage=state.stage, time=event.time,
+        policy=config.policy, model_id=chosen, deployed=[m.model_id for m in deployed],
+        mu_u=cache.scores.reward, c_l=cache.scores.cost, alpha=cache.alpha, budget=cache.budget,
+        p=cache.p, draw=draw, status=cache.status, cached=cached,
+    ))
+
+
+def _on_feedback(state: EngineState, event: Feedback) -> None:
+    record = state.queries.get(event.query_id)
+    if record is None:
+        raise Rejected(DeadLetterReason.UNKNOWN_QUERY,
+                       f"query_id: {event.query_id!r} was never routed or is no longer tracked")
+    if record.answered:
+        raise Rejected(DeadLetterReason.DUPLICATE_FEEDBACK,
+                       f"query_id: {event.query_id!r} already has feedback")
+    if event.model_id != record.model_id:
+        raise Rejected(DeadLetterReason.MODEL_MISMATCH,
+                       f"model_id: {event.model_id!r}, but query {event.query_id!r} was routed "
+                       f"to {record.model_id!r}")
+    record.answered = True
+    model = state.models[record.model_id]
+    model.observe(event.reward, event.cost)
+    model.refresh_bounds(state.config.gamma, state.config.radius_cost_scale)
+    state.counters["feedback"] += 1
+    state.spent += event.cost
+    # Pacing moves the budget with every feedback; otherwise only the deployed bounds matter.
+    if state.config.budget_pacing or record.model_id in state.deployed_ids:
+        state.route_cache = None
+
+
+def _on_arrival(state: EngineState, event: ModelArrived, seq: int, outputs: list[Output]) -> None:
+    if event.model_id in state.models:
+        raise Rejected(DeadLetterReason.DUPLICATE_MODEL,
+                       f"model_id: {event.model_id!r} already arrived")
+    config = state.config
+    cost_min = config.cost_floor if event.cost_min is None else event.cost_min
+    cost_max = config.cost_ceiling if event.cost_max is None else event.cost_max
+    if cost_min > cost_max:
+        raise Rejected(DeadLetterReason.INVALID_VALUE,
+                       f"cost_min/cost_max: range [{cost_min}, {cost_max}] is empty with the "
+                       f"configured defaults")
+    model = ModelStats(event.model_id, event.alpha, cost_min, cost_max, arrived_seq=seq)
+    model.refresh_bounds(config.gamma, config.radius_cost_scale)
+    state.models[event.model_id] = model
+    if not state.policy.commits_to_stages and state.stage >= 0:
+        outputs.append(_deploy(state, seq, event.time, "model_arrived"))
+
+
+def _on_expiry(state: EngineState, event: ModelExpired, seq: int, outputs: list[Output]) -> None:
+    model = state.models.get(event.model_id)
+    if model is None or not model.live:
+        state_word = "never arrived" if model is None else "already expired"
+        raise Rejected(DeadLetterReason.UNKNOWN_MODEL, f"model_id: {event.model_id!r} {state_word}")
+    model.expired_seq = seq
+    if event.model_id in state.deployed_ids:
+        state.set_deployed([m for m in state.deployed if m.model_id != event.model_id])
+        if not state.deployed and any(m.live for m in state.models.values()):
+            outputs.append(_deploy(state, seq, event.time, "deployed_set_empty"))
+
+
+def _on_stage(state: EngineState, event: StageBoundary, seq: int, outputs: list[Output]) -> None:
+    if event.stage <= state.stage:
+        raise Rejected(DeadLetterReason.STALE_STAGE,
+                       f"stage: {event.stage} is not after the current stage {state.stage}")
+    state.stage = event.stage
+    if state.deployed and not state.policy.redeploys:
+        return
+    if any(m.live for m in state.models.values()):
+        outputs.append(_deploy(state, seq, event.time, "stage_boundary"))
+    else:
+        state.set_deployed([])
+
+
+def _deploy(state: EngineState, seq: int, time: float, reason: DeployReason) -> DeploymentDecision:
+    """DeployOPT over the live candidates (in arrival order); the support becomes deployed."""
+    config = state.config
+    if state.stage < 0:
+        state.stage = 0
+    candidates: list[ModelStats] = [m for m in state.models.values() if m.live]
+    m_max = config.m_max if state.policy.commits_to_stages else len(candidates)
+    scores = state.policy.deploy_scores(candidates, state.stage)
+    alpha = [m.alpha for m in candidates]
+    solution = deploy_opt(scores.reward, scores.cost, alpha, config.budget, m_max)
+    state.set_deployed([candidates[i] for i in solution.selected])
+    state.counters["deployments"] += 1
+    return DeploymentDecision.model_construct(
+        domain=config.domain, seq=seq, stage=state.stage, time=time, policy=config.policy,
+        reason=reason, candidates=[m.model_id for m in candidates], mu_u=scores.reward,
+        c_l=scores.cost, alpha=alpha, budget=config.budget, m_max=m_max,
+        selected=[m.model_id for m in state.deployed], d=solution.d.tolist(),
+        objective=solution.objective, status=solution.status,
+    )
+
+
+def _forget_old_queries(state: EngineState) -> None:
+    """Drop tracked queries older than ``query_ttl`` (insertion order ~ event-time order)."""
+    assert state.config.query_ttl is not None
+    horizon = state.clock - state.config.query_ttl
+    queries = state.queries
+    while queries:
+        query_id = next(iter(queries))
+        if queries[query_id].time >= horizon:
+            break
+        queries.popitem(last=False)
+        state.counters["forgotten_queries"] += 1

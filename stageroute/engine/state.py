@@ -1,0 +1,101 @@
+"""Engine state: the model registry with statistics, the stage, the deployed set, the queries
+awaiting feedback, and the cached routing distribution.  Snapshots are JSON (exact floats)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from stageroute.engine.config import EngineConfig
+from stageroute.policies import ModelStats, Policy, Scores, make_policy
+
+SNAPSHOT_VERSION = 1
+
+
+@dataclass(slots=True)
+class RouteCache:
+    """RouteOPT's answer for the current deployed set and statistics (cacheable policies only)."""
+
+    scores: Scores
+    alpha: list[float]
+    budget: float
+    p: list[float]
+    status: str
+
+
+@dataclass(slots=True)
+class QueryRecord:
+    model_id: str
+    time: float
+    answered: bool = False
+
+
+@dataclass(slots=True)
+class EngineState:
+    """Mutable state owned by one ``apply`` loop (one routing domain, one writer)."""
+
+    config: EngineConfig
+    policy: Policy
+    seq: int = 0
+    stage: int = -1
+    clock: float = 0.0
+    #: Realised cost of all feedback so far (USD), for budget pacing.
+    spent: float = 0.0
+    models: dict[str, ModelStats] = field(default_factory=dict)
+    deployed: list[ModelStats] = field(default_factory=list)
+    deployed_ids: set[str] = field(default_factory=set)
+    queries: OrderedDict[str, QueryRecord] = field(default_factory=OrderedDict)
+    route_cache: RouteCache | None = None
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("routed", "feedback", "deployments", "dead_letters", "forgotten_queries"), 0))
+
+    def set_deployed(self, models: list[ModelStats]) -> None:
+        self.deployed = models
+        self.deployed_ids = {m.model_id for m in models}
+        self.route_cache = None
+
+
+def initial_state(config: EngineConfig) -> EngineState:
+    return EngineState(config=config, policy=make_policy(config.policy, config.seed,
+                                                         config.policy_params))
+
+
+def snapshot(state: EngineState) -> bytes:
+    """The whole state as compressed JSON; ``restore(snapshot(s))`` continues exactly as ``s``."""
+    cache = state.route_cache
+    doc: dict[str, Any] = {
+        "version": SNAPSHOT_VERSION,
+        "config": state.config.model_dump(mode="json"),
+        "seq": state.seq,
+        "stage": state.stage,
+        "clock": state.clock,
+        "spent": state.spent,
+        "models": [m.to_json() for m in state.models.values()],
+        "deployed": [m.model_id for m in state.deployed],
+        "queries": [[q, r.model_id, r.time, r.answered] for q, r in state.queries.items()],
+        "route_cache": None if cache is None else [
+            cache.scores.reward, cache.scores.cost, cache.alpha, cache.budget, cache.p,
+            cache.status],
+        "counters": state.counters,
+    }
+    return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 1)
+
+
+def restore(data: bytes) -> EngineState:
+    doc = json.loads(zlib.decompress(data))
+    if doc.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(f"snapshot version {doc.get('version')!r} is not {SNAPSHOT_VERSION}")
+    state = initial_state(EngineConfig.model_validate(doc["config"]))
+    state.seq, state.stage, state.clock = doc["seq"], doc["stage"], doc["clock"]
+    state.spent = doc["spent"]
+    state.models = {row[0]: ModelStats.from_json(row) for row in doc["models"]}
+    state.set_deployed([state.models[m] for m in doc["deployed"]])
+    state.queries = OrderedDict((q, QueryRecord(m, t, a)) for q, m, t, a in doc["queries"])
+    if doc["route_cache"] is not None:
+        reward, cost, alpha, budget, p, status = doc["route_cache"]
+        state.route_cache = RouteCache(Scores(reward, cost, True), alpha, budget, p, status)
+    state.counters = doc["counters"]
+    return state

@@ -1,0 +1,137 @@
+"""What every policy sees and must provide.
+
+A policy turns per-model statistics into *scores*: a reward score and a cost score per model.
+The engine feeds the scores to the same two programs for every policy, so every policy obeys the
+same concurrency limit, budget and throughput shares:
+
+* DeployOPT(scores, alpha, budget, m_max) picks the deployment set at a stage start;
+* RouteOPT(scores of the deployed models, alpha, budget) gives the routing distribution ``p``.
+
+That keeps one invariant for the audit trail whatever the policy: a routing decision's ``p`` is
+RouteOPT of its recorded scores, and its model is the inverse-CDF sample of ``p`` at its recorded
+draw.  How the scores came from the state is checked by replaying the journal.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from solvers import model_bounds
+
+
+@dataclass(slots=True)
+class ModelStats:
+    """One model's registry entry and sufficient statistics (Welford), all costs in USD.
+
+    ``n`` feedbacks; ``mean_r``/``m2_r`` for reward; ``mean_c``/``m2_c`` for cost.  The empirical
+    variance is ``m2 / n``.  ``mu_u``/``c_l`` cache the confidence bounds of the current stats.
+    """
+
+    model_id: str
+    alpha: float
+    cost_min: float
+    cost_max: float
+    arrived_seq: int
+    expired_seq: int | None = None
+    n: int = 0
+    mean_r: float = 0.0
+    m2_r: float = 0.0
+    mean_c: float = 0.0
+    m2_c: float = 0.0
+    mu_u: float = 1.0
+    c_l: float = 0.0
+
+    @property
+    def live(self) -> bool:
+        return self.expired_seq is None
+
+    def observe(self, reward: float, cost: float) -> None:
+        """Welford update: ``mean += (x - mean) / n``, ``M2 += (x - mean_old) (x - mean_new)``."""
+        self.n += 1
+        n = self.n
+        delta = reward - self.mean_r
+        self.mean_r += delta / n
+        self.m2_r += delta * (reward - self.mean_r)
+        delta = cost - self.mean_c
+        self.mean_c += delta / n
+        self.m2_c += delta * (cost - self.mean_c)
+
+    def refresh_bounds(self, gamma: float, cost_scale: float) -> None:
+        """Refresh ``mu_U = clip(m_r + 2 f_rad, 0, 1)`` and ``c_L = clip(m_c - 2 f_rad, c1, c2)``.
+
+        The cost radius is computed on costs divided by ``cost_scale`` (USD), the unit in which
+        the Bernstein range term ``gamma / n`` is meant, then scaled back to USD.
+        """
+        n = self.n
+        var_r = self.m2_r / n if n else 0.0
+        var_c = self.m2_c / n if n else 0.0
+        s = cost_scale
+        self.mu_u, c_l = model_bounds(
+            n, self.mean_r, var_r, self.mean_c / s, var_c / (s * s), gamma,
+            self.cost_min / s, self.cost_max / s,
+        )
+        self.c_l = c_l * s
+
+    def to_json(self) -> list[Any]:
+        return [self.model_id, self.alpha, self.cost_min, self.cost_max, self.arrived_seq,
+                self.expired_seq, self.n, self.mean_r, self.m2_r, self.mean_c, self.m2_c,
+                self.mu_u, self.c_l]
+
+    @classmethod
+    def from_json(cls, row: list[Any]) -> ModelStats:
+        return cls(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """Per-model reward and cost scores; ``cacheable`` if they depend on the statistics only
+    (not on the query), so the engine may reuse RouteOPT's answer until the statistics change."""
+
+    reward: list[float]
+    cost: list[float]
+    cacheable: bool
+
+
+class Policy(ABC):
+    """A routing/deployment policy: pure, deterministic given (statistics, seed, key)."""
+
+    name: ClassVar[str]
+    #: False for policies that deploy every live model at once (no stage commitment, no M_max).
+    commits_to_stages: ClassVar[bool] = True
+    #: False for policies that keep their first deployment until every deployed model expired.
+    redeploys: ClassVar[bool] = True
+
+    def __init__(self, seed: int, params: dict[str, Any]) -> None:
+        self.seed = seed
+        self.params = params
+
+    @abstractmethod
+    def deploy_scores(self, models: list[ModelStats], stage: int) -> Scores:
+        """Scores for DeployOPT over the live candidates ``models`` at ``stage``."""
+
+    @abstractmethod
+    def route_scores(self, models: list[ModelStats], query_id: str) -> Scores:
+        """Scores for RouteOPT over the deployed ``models`` for one query."""
+
+
+def mean_scores(models: list[ModelStats]) -> Scores:
+    """Empirical means; an unexplored model scores (1, cost_min) so that it is tried once."""
+    return Scores(
+        [m.mean_r if m.n else 1.0 for m in models],
+        [m.mean_c if m.n else m.cost_min for m in models],
+        cacheable=True,
+    )
+
+
+def optimistic_scores(models: list[ModelStats]) -> Scores:
+    """StageRoute's confidence bounds ``(mu_U, c_L)``."""
+    return Scores([m.mu_u for m in models], [m.c_l for m in models], cacheable=True)
+
+
+def check_unit(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"policy parameter {name}: expected a number in [0, 1], got {value!r}")
+    return float(value)
