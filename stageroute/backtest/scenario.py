@@ -98,8 +98,12 @@ def parse_schedule(doc: Any, models: Sequence[str], horizon: int, source: str,
                   else _index(entry["expire"], unit, horizon, f"{where}.expire"))
         if expire is not None and expire <= arrive:
             raise ScenarioError(f"{where}: expire ({expire}) must come after arrive ({arrive})")
-        windows.append(ModelWindow(model_id, arrive, expire, *(
-            _optional_number(entry, key, where) for key in ("alpha", "cost_min", "cost_max"))))
+        alpha, cost_min, cost_max = (_optional_number(entry, key, where)
+                                     for key in ("alpha", "cost_min", "cost_max"))
+        if cost_min is not None and cost_max is not None and cost_max < cost_min:
+            raise ScenarioError(f"{where}: cost_max ({cost_max}) must be >= cost_min "
+                                f"({cost_min})")
+        windows.append(ModelWindow(model_id, arrive, expire, alpha, cost_min, cost_max))
     if not windows:
         raise ScenarioError(f"{source}: the schedule lists no models")
     return Scenario(horizon, tuple(windows), equal_stages(horizon, stages))

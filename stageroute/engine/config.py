@@ -33,6 +33,8 @@ class EngineConfig(BaseModel):
     domain: str = "default"
     #: Pace the per-query budget on realised spend (see ``paced_budget``).
     budget_pacing: bool = True
+    #: Queries over which a realised overspend (or underspend) is repaid.
+    pacing_window: int = Field(1000, ge=1)
     #: Queries remembered for feedback matching and duplicate detection (oldest forgotten first).
     max_tracked_queries: int = Field(1_000_000, ge=1)
     #: Event-time seconds after which a query is forgotten (None: only the count bound applies).
@@ -58,18 +60,21 @@ class EngineConfig(BaseModel):
         return self.cost_scale if self.cost_scale is not None else self.cost_ceiling
 
 
-def paced_budget(budget: float, spent: float, n_feedback: int) -> float:
+def paced_budget(budget: float, spent: float, n_feedback: int, window: int) -> float:
     """The budget RouteOPT gets for the next query when pacing is on.
 
-    RouteOPT uses optimistic (lower-bound) costs, so while a model is being learned the realised
-    spend runs above ``b``.  Pacing spreads the realised deficit ``C_n - b n`` over as many queries
-    as have been observed: ``b_t = b + (b n - C_n) / n = 2 b - C_n / n``.  The long-run average
-    then tracks ``b`` from either side.  The correction is clipped to ``[b / 2, 3 b / 2]`` so that
-    one burst of expensive feedback can neither starve routing nor license a splurge.
+    RouteOPT uses optimistic (lower-bound) costs, so while models are being learned the realised
+    spend runs above ``b``.  Pacing is an integral controller on the realised deficit
+    ``D_n = C_n - b n`` (USD over ``n`` feedbacks): the next query's budget repays it over
+    ``window`` queries, ``b_t = b - D_n / window``.  Any persistent bias between the costs RouteOPT
+    assumes and the costs it incurs is driven to zero in the long-run average, and the realised
+    noise in ``b_t`` stays ``O(sigma / sqrt(window))``.  ``b_t`` is clipped to ``[b / 2, 3 b / 2]``
+    so that a burst of expensive feedback can neither starve routing nor license a splurge.
     """
     if n_feedback == 0:
         return budget
-    return min(max(2.0 * budget - spent / n_feedback, 0.5 * budget), 1.5 * budget)
+    paced = budget - (spent - budget * n_feedback) / window
+    return min(max(paced, 0.5 * budget), 1.5 * budget)
 
 
 def default_gamma(horizon: int, n_models: int, delta: float = 0.1) -> float:

@@ -6,8 +6,9 @@ speed); a rejected event leaves it untouched except for the sequence number and 
 
 Per event (``seq`` is its position in the journal):
 
-* model arrived: joins the candidate pool; deployed only at the next stage start (a policy with
-  no stage commitment deploys it at once).
+* model arrived: joins the candidate pool (a retired model may return, keeping its
+  statistics); deployed only at the next stage start (a policy with no stage commitment
+  deploys it at once).
 * model expired: leaves the pool; if deployed it is never routed to again and the next query's
   RouteOPT is solved over the rest (the route cache is dropped); if nothing deployed is left,
   DeployOPT runs at once (reason ``deployed_set_empty``).
@@ -64,10 +65,6 @@ def apply(state: EngineState, event: Event) -> tuple[EngineState, list[Output]]:
     """Apply one validated event; returns the state and the decisions it produced."""
     seq = state.seq
     state.seq = seq + 1
-    if event.time > state.clock:
-        state.clock = event.time
-        if state.config.query_ttl is not None:
-            _forget_old_queries(state)
     outputs: list[Output] = []
     try:
         if isinstance(event, Query):
@@ -84,6 +81,13 @@ def apply(state: EngineState, event: Event) -> tuple[EngineState, list[Output]]:
         state.counters["dead_letters"] += 1
         outputs.append(DeadLetter(domain=state.config.domain, seq=seq, reason=rejected.reason,
                                   detail=rejected.detail, payload=encode(event).decode()))
+        return state, outputs
+    # Only an applied event moves the clock: a rejected one (say a far-future time) must not
+    # age out the queries awaiting feedback.
+    if event.time > state.clock:
+        state.clock = event.time
+        if state.config.query_ttl is not None:
+            _forget_old_queries(state)
     return state, outputs
 
 
@@ -116,7 +120,8 @@ def _on_query(state: EngineState, event: Query, seq: int, outputs: list[Output])
     if cache is None:
         scores = state.policy.route_scores(deployed, query_id)
         alpha = [m.alpha for m in deployed]
-        budget = (paced_budget(config.budget, state.spent, state.counters["feedback"])
+        budget = (paced_budget(config.budget, state.spent, state.counters["feedback"],
+                               config.pacing_window)
                   if config.budget_pacing else config.budget)
         p, status = solve_lists(scores.reward, scores.cost, alpha, budget)
         cache = RouteCache(scores, alpha, budget, p, status)
@@ -142,6 +147,10 @@ def _on_feedback(state: EngineState, event: Feedback) -> None:
     if record is None:
         raise Rejected(DeadLetterReason.UNKNOWN_QUERY,
                        f"query_id: {event.query_id!r} was never routed or is no longer tracked")
+    ttl = state.config.query_ttl
+    if ttl is not None and record.time < max(state.clock, event.time) - ttl:
+        raise Rejected(DeadLetterReason.UNKNOWN_QUERY,
+                       f"query_id: {event.query_id!r} is older than query_ttl ({ttl} s)")
     if record.answered:
         raise Rejected(DeadLetterReason.DUPLICATE_FEEDBACK,
                        f"query_id: {event.query_id!r} already has feedback")
@@ -161,9 +170,10 @@ def _on_feedback(state: EngineState, event: Feedback) -> None:
 
 
 def _on_arrival(state: EngineState, event: ModelArrived, seq: int, outputs: list[Output]) -> None:
-    if event.model_id in state.models:
+    known = state.models.get(event.model_id)
+    if known is not None and known.live:
         raise Rejected(DeadLetterReason.DUPLICATE_MODEL,
-                       f"model_id: {event.model_id!r} already arrived")
+                       f"model_id: {event.model_id!r} is already live")
     config = state.config
     cost_min = config.cost_floor if event.cost_min is None else event.cost_min
     cost_max = config.cost_ceiling if event.cost_max is None else event.cost_max
@@ -171,9 +181,15 @@ def _on_arrival(state: EngineState, event: ModelArrived, seq: int, outputs: list
         raise Rejected(DeadLetterReason.INVALID_VALUE,
                        f"cost_min/cost_max: range [{cost_min}, {cost_max}] is empty with the "
                        f"configured defaults")
-    model = ModelStats(event.model_id, event.alpha, cost_min, cost_max, arrived_seq=seq)
+    if known is None:
+        model = ModelStats(event.model_id, event.alpha, cost_min, cost_max, arrived_seq=seq)
+        state.models[event.model_id] = model
+    else:
+        # A retired model returning keeps what was learned about it; its terms are the new ones.
+        model = known
+        model.alpha, model.cost_min, model.cost_max = event.alpha, cost_min, cost_max
+        model.arrived_seq, model.expired_seq = seq, None
     model.refresh_bounds(config.gamma, config.radius_cost_scale)
-    state.models[event.model_id] = model
     if not state.policy.commits_to_stages and state.stage >= 0:
         outputs.append(_deploy(state, seq, event.time, "model_arrived"))
 

@@ -66,14 +66,18 @@ class ModelStats:
         the Bernstein range term ``gamma / n`` is meant, then scaled back to USD.
         """
         n = self.n
-        var_r = self.m2_r / n if n else 0.0
-        var_c = self.m2_c / n if n else 0.0
+        if n == 0:  # unexplored: the defined optimistic values, exactly (no unit round trip)
+            self.mu_u, self.c_l = 1.0, self.cost_min
+            return
+        var_r = self.m2_r / n
+        var_c = self.m2_c / n
         s = cost_scale
         self.mu_u, c_l = model_bounds(
             n, self.mean_r, var_r, self.mean_c / s, var_c / (s * s), gamma,
             self.cost_min / s, self.cost_max / s,
         )
-        self.c_l = c_l * s
+        # (x / s) * s can land an ulp outside [c1, c2]: clip again in USD.
+        self.c_l = min(max(c_l * s, self.cost_min), self.cost_max)
 
     def to_json(self) -> list[Any]:
         return [self.model_id, self.alpha, self.cost_min, self.cost_max, self.arrived_seq,

@@ -12,7 +12,10 @@ import random
 
 
 def _digest(seed: int, key: str, stream: str) -> bytes:
-    return hashlib.blake2b(key.encode(), digest_size=8, key=str(seed).encode()[:64],
+    secret = str(seed).encode()
+    if len(secret) > 64:  # BLAKE2b keys are at most 64 bytes: hash longer seeds, never cut them
+        secret = hashlib.blake2b(secret).digest()
+    return hashlib.blake2b(key.encode(), digest_size=8, key=secret,
                            person=stream.encode()[:16]).digest()
 
 
