@@ -4,6 +4,7 @@ Pure: imports only the standard library and pydantic. Version 1 of the wire form
 Schema of every type is generated into ``schemas/json/`` by ``python -m schemas.export``.
 """
 
+from schemas.base import trusted
 from schemas.codec import EventRejected, dead_letter, decode_decision, decode_event, encode
 from schemas.decisions import (
     DeadLetter,
@@ -40,4 +41,5 @@ __all__ = [
     "decode_decision",
     "decode_event",
     "encode",
+    "trusted",
 ]

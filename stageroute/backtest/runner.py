@@ -64,9 +64,10 @@ class RunResult:
     costs: np.ndarray = field(repr=False)
 
     def summary(self, oracle: RunResult | None) -> dict[str, Any]:
+        """Figures as JSON values; ``None`` where undefined (no oracle, no outcome)."""
         regret = float(np.sum(oracle.expected - self.expected)) if oracle else math.nan
         oracle_avg = oracle.avg_reward if oracle else math.nan
-        return {
+        figures = {
             "policy": self.policy,
             "run_id": self.run_id,
             "queries": self.queries,
@@ -84,6 +85,8 @@ class RunResult:
                             for s, r, sel in self.deployments],
             "dead_letters": self.dead_letters,
         }
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in figures.items()}
 
 
 def iid_rows(n_rows: int, horizon: int, seed: int) -> np.ndarray:
@@ -126,10 +129,8 @@ def run(table: RewardTable, stream: Stream, config: EngineConfig, sink: AuditSin
             step(due.popleft()[1])
         row = int(stream.rows[t])
         query_id = f"q{t}"
-        # Events built here come from a validated table: skip re-validation on the hot path.
-        outputs = step(Query.model_construct(
-            query_id=query_id, time=float(t),
-            features=QueryFeatures.model_construct(task=tasks[row] or None)))
+        outputs = step(Query(query_id=query_id, time=float(t),
+                             features=QueryFeatures(task=tasks[row] or None)))
         decision = outputs[-1]
         if not isinstance(decision, RoutingDecision):
             expected[t] = 0.0
@@ -143,7 +144,7 @@ def run(table: RewardTable, stream: Stream, config: EngineConfig, sink: AuditSin
             cost_sum += cost
             answered += 1
             realised_cost[t] = cost
-            due.append((t + stream.feedback_delay, Feedback.model_construct(
+            due.append((t + stream.feedback_delay, Feedback(
                 query_id=query_id, model_id=decision.model_id, reward=reward, cost=cost,
                 time=float(t + stream.feedback_delay))))
         if progress and (t + 1) % 5000 == 0:

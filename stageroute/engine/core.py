@@ -41,6 +41,7 @@ from schemas import (
     RoutingDecision,
     StageBoundary,
     encode,
+    trusted,
 )
 from solvers import deploy_opt
 from solvers.route_opt import solve_lists
@@ -134,8 +135,9 @@ def _on_query(state: EngineState, event: Query, seq: int, outputs: list[Output])
         state.queries.popitem(last=False)
         state.counters["forgotten_queries"] += 1
     state.counters["routed"] += 1
-    outputs.append(RoutingDecision.model_construct(
-        domain=config.domain, query_id=query_id, seq=seq, stage=state.stage, time=event.time,
+    outputs.append(trusted(
+        RoutingDecision, schema_version=1, type="routing_decision", domain=config.domain,
+        query_id=query_id, seq=seq, stage=state.stage, time=event.time,
         policy=config.policy, model_id=chosen, deployed=[m.model_id for m in deployed],
         mu_u=cache.scores.reward, c_l=cache.scores.cost, alpha=cache.alpha, budget=cache.budget,
         p=cache.p, draw=draw, status=cache.status, cached=cached,
@@ -231,8 +233,9 @@ def _deploy(state: EngineState, seq: int, time: float, reason: DeployReason) -> 
     solution = deploy_opt(scores.reward, scores.cost, alpha, config.budget, m_max)
     state.set_deployed([candidates[i] for i in solution.selected])
     state.counters["deployments"] += 1
-    return DeploymentDecision.model_construct(
-        domain=config.domain, seq=seq, stage=state.stage, time=time, policy=config.policy,
+    return trusted(
+        DeploymentDecision, schema_version=1, type="deployment_decision", domain=config.domain,
+        seq=seq, stage=state.stage, time=time, policy=config.policy,
         reason=reason, candidates=[m.model_id for m in candidates], mu_u=scores.reward,
         c_l=scores.cost, alpha=alpha, budget=config.budget, m_max=m_max,
         selected=[m.model_id for m in state.deployed], d=solution.d.tolist(),

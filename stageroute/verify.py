@@ -1,0 +1,129 @@
+"""Audit verification (pure): prove stored decisions follow from their inputs and the journal.
+
+Two independent checks over a run's stored rows:
+
+1. *Re-derivation*, row by row, from the inputs each decision recorded:
+   routing ``p == RouteOPT(mu_u, c_l, alpha, budget)`` bit for bit with the same status,
+   ``draw == uniform(seed, query_id)`` and ``model_id == deployed[sample_index(p, draw)]``;
+   deployment ``selected == DeployOPT(mu_u, c_l, alpha, budget, m_max)`` with the same status.
+2. *Replay*: the journal's events, in sequence order, through a fresh engine with the run's
+   config must reproduce exactly the stored decisions (every field), no more and no fewer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import DeploymentDecision, RoutingDecision, decode_event
+from solvers import deploy_opt
+from solvers.route_opt import solve_lists
+from stageroute.engine import EngineConfig, apply, initial_state
+from stageroute.policies import sample_index, uniform
+
+#: Decision fields that are not part of the decision itself.
+_ENVELOPE = {"schema_version", "type", "domain"}
+
+
+@dataclass
+class Report:
+    routing_checked: int = 0
+    deployments_checked: int = 0
+    events_replayed: int = 0
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def add(self, problem: str) -> None:
+        if len(self.mismatches) < 1000:
+            self.mismatches.append(problem)
+
+
+def rederive_routing(row: dict[str, Any], seed: int) -> list[str]:
+    """Problems with one stored routing decision, judged from its own inputs."""
+    where = f"routing decision for query {row['query_id']!r} (seq {row['seq']})"
+    p, status = solve_lists(row["mu_u"], row["c_l"], row["alpha"], row["budget"])
+    problems = []
+    if p != list(row["p"]) or status != row["status"]:
+        problems.append(f"{where}: RouteOPT on the recorded inputs gives p={p} ({status}), "
+                        f"stored p={row['p']} ({row['status']})")
+    if row["draw"] != uniform(seed, row["query_id"]):
+        problems.append(f"{where}: draw {row['draw']} is not the draw keyed by (seed, query)")
+    chosen = row["deployed"][sample_index(list(row["p"]), row["draw"])]
+    if chosen != row["model_id"]:
+        problems.append(f"{where}: p and draw choose {chosen!r}, stored {row['model_id']!r}")
+    return problems
+
+
+def rederive_deployment(row: dict[str, Any]) -> list[str]:
+    where = f"deployment decision at seq {row['seq']} (stage {row['stage']})"
+    solution = deploy_opt(row["mu_u"], row["c_l"], row["alpha"], row["budget"], row["m_max"])
+    selected = [row["candidates"][i] for i in solution.selected]
+    if selected != list(row["selected"]) or solution.status != row["status"]:
+        return [f"{where}: DeployOPT on the recorded inputs selects {selected} "
+                f"({solution.status}), stored {row['selected']} ({row['status']})"]
+    return []
+
+
+def replay(config: EngineConfig, journal: Iterable[tuple[int, dict[str, Any]]],
+           ) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+    """Re-run the journal; yields ``(kind, key, decision fields)`` for every decision, keyed by
+    query id (routing) or seq (deployment)."""
+    state = initial_state(config)
+    for seq, event in journal:
+        if seq != state.seq:
+            raise ValueError(f"journal gap: expected seq {state.seq}, found {seq}")
+        _, outputs = apply(state, decode_event(event))
+        for out in outputs:
+            fields = {k: v for k, v in out.model_dump().items() if k not in _ENVELOPE}
+            if isinstance(out, RoutingDecision):
+                yield "routing", out.query_id, fields
+            elif isinstance(out, DeploymentDecision):
+                yield "deployment", out.seq, fields
+
+
+def verify(config: EngineConfig, journal: Iterable[tuple[int, dict[str, Any]]],
+           routing: Iterable[dict[str, Any]], deployments: Iterable[dict[str, Any]]) -> Report:
+    """Both checks over one run; the stored rows are dicts keyed by decision field names."""
+    report = Report()
+    stored = {"routing": {}, "deployment": {}}  # type: dict[str, dict[Any, dict[str, Any]]]
+    for row in routing:
+        report.routing_checked += 1
+        for problem in rederive_routing(row, config.seed):
+            report.add(problem)
+        stored["routing"][row["query_id"]] = row
+    for row in deployments:
+        report.deployments_checked += 1
+        for problem in rederive_deployment(row):
+            report.add(problem)
+        stored["deployment"][row["seq"]] = row
+
+    produced = {"routing": set(), "deployment": set()}  # type: dict[str, set[Any]]
+    try:
+        for kind, key, fields in replay(config, _counting(journal, report)):
+            produced[kind].add(key)
+            row = stored[kind].get(key)
+            if row is None:
+                report.add(f"replay produced a {kind} decision {key!r} that is not stored")
+                continue
+            differing = [k for k, v in fields.items() if k in row and row[k] != v]
+            if differing:
+                shown = ", ".join(f"{k}={row[k]!r} vs {fields[k]!r}" for k in differing[:3])
+                report.add(f"{kind} decision {key!r}: stored {', '.join(differing)} differ "
+                           f"from the replay ({shown})")
+    except ValueError as exc:
+        report.add(f"journal cannot be replayed: {exc}")
+    for kind, rows in stored.items():
+        for key in rows.keys() - produced[kind]:
+            report.add(f"stored {kind} decision {key!r} is not produced by replaying the journal")
+    return report
+
+
+def _counting(journal: Iterable[tuple[int, dict[str, Any]]],
+              report: Report) -> Iterator[tuple[int, dict[str, Any]]]:
+    for entry in journal:
+        report.events_replayed += 1
+        yield entry
