@@ -30,8 +30,7 @@ from stageroute.settings import (
 from streams.files import RewardTable, load_table
 
 DEFAULT_POLICIES = "stageroute,greedy,random"
-#: Chosen by cross-validation on folds of the bundled data (bench/RESULTS.md, "Defaults").
-DEFAULT_GAMMA = 0.5
+DEFAULT_GAMMA = EngineConfig.model_fields["gamma"].default
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

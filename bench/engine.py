@@ -1,0 +1,198 @@
+"""Pure-engine throughput: ``apply`` calls per second on a fixed event log, no I/O.
+
+    python -m bench.engine [--horizon 50000] [--passes 3] [--seed 0] [--profile]
+
+Workload: the bundled RouterBench table, all 11 models arrived at t = 0 (alpha = 0.25 each),
+``K = ceil(T^(1/3))`` equal stages, rows drawn i.i.d. with the seed, the StageRoute policy with
+budget pacing, budget = 0.5 x the highest mean per-query model cost, gamma = 0.5.  Feedback
+(the table's score and cost for the routed model) is delivered for every query that has an
+outcome, immediately after it, or in batches of 100 queries.
+
+Feedback depends on the model routed to, so the log is built by one untimed pass; each timed
+pass then replays that fixed log through ``apply`` with a fresh state (decisions are a pure
+function of config, events and seed, so the replay routes identically; this is checked).  Only
+the loop of ``apply`` calls is timed.  Prints routed queries/s and events/s (median of the
+passes) and the share of routing decisions served from the route cache, for M_max = 4, 8, 16
+with feedback per query and M_max = 8 with feedback in batches of 100.  ``--profile`` adds the
+top 10 functions by tottime from cProfile over one pass at M_max = 8, feedback per query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from schemas import (
+    Event,
+    Feedback,
+    ModelArrived,
+    Query,
+    QueryFeatures,
+    RoutingDecision,
+    StageBoundary,
+)
+from stageroute.backtest.runner import iid_rows
+from stageroute.backtest.scenario import equal_stages
+from stageroute.data import BUNDLED_TABLE
+from stageroute.engine import EngineConfig, Output, apply, initial_state
+from streams.files import RewardTable, load_table
+
+ALPHA = 0.25
+BETA = 0.5
+GAMMA = 0.5
+TARGET_QPS = 20_000
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """A fixed event log and what the untimed build pass made of it."""
+
+    label: str
+    config: EngineConfig
+    events: list[Event]
+    queries: int
+    cached: int
+    counters: dict[str, int]
+    spent: float
+
+
+def build_log(table: RewardTable, config: EngineConfig, horizon: int, seed: int,
+              feedback_batch: int, label: str) -> Log:
+    """Run the engine once to build the log (feedback for the routed model)."""
+    state = initial_state(config)
+    events: list[Event] = []
+    cached = 0
+
+    def push(event: Event) -> list[Output]:
+        events.append(event)
+        return apply(state, event)[1]
+
+    for m in table.models:
+        push(ModelArrived(model_id=m, time=0.0, alpha=ALPHA))
+    stage_at = {start: k for k, start in enumerate(equal_stages(horizon))}
+    column = {m: j for j, m in enumerate(table.models)}
+    scores, costs, tasks = table.scores, table.costs, table.tasks
+    rows = iid_rows(table.n_rows, horizon, seed)
+    pending: list[Feedback] = []
+    for t in range(horizon):
+        if t in stage_at:
+            push(StageBoundary(stage=stage_at[t], time=float(t)))
+        row = int(rows[t])
+        query_id = f"q{t}"
+        decision = push(Query.model_construct(
+            query_id=query_id, time=float(t),
+            features=QueryFeatures.model_construct(task=tasks[row] or None)))[-1]
+        assert isinstance(decision, RoutingDecision), decision
+        cached += decision.cached
+        j = column[decision.model_id]
+        reward = float(scores[row, j])
+        if reward == reward:  # NaN = missing outcome: no feedback
+            pending.append(Feedback.model_construct(
+                query_id=query_id, model_id=decision.model_id, reward=reward,
+                cost=float(costs[row, j]), time=float(t)))
+        if (t + 1) % feedback_batch == 0 or t + 1 == horizon:
+            for fb in pending:
+                push(fb)
+            pending.clear()
+    if state.counters["dead_letters"]:
+        raise RuntimeError(f"{label}: {state.counters['dead_letters']} dead letters in the log")
+    return Log(label, config, events, horizon, cached, dict(state.counters), state.spent)
+
+
+def timed_pass(log: Log) -> float:
+    """Seconds for one replay of the log through ``apply`` with a fresh state."""
+    state = initial_state(log.config)
+    events = log.events
+    started = time.perf_counter()
+    for event in events:
+        apply(state, event)
+    seconds = time.perf_counter() - started
+    if state.counters != log.counters or state.spent != log.spent:
+        raise RuntimeError(f"{log.label}: the replay diverged from the build pass")
+    return seconds
+
+
+def make_config(table: RewardTable, m_max: int, seed: int) -> EngineConfig:
+    return EngineConfig(
+        policy="stageroute", m_max=m_max, budget=BETA * float(table.mean_cost().max()),
+        gamma=GAMMA, cost_ceiling=float(np.nanmax(table.costs)), seed=seed,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--horizon", type=int, default=50_000, help="queries T (default 50000)")
+    parser.add_argument("--passes", type=int, default=3, help="timed passes (default 3)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile one pass at M_max = 8, feedback per query")
+    args = parser.parse_args()
+
+    table = load_table(BUNDLED_TABLE)
+    horizon = args.horizon
+    print(f"Engine throughput: {table.n_rows} RouterBench rows, {len(table.models)} models "
+          f"arrived, alpha = {ALPHA}, stageroute, budget pacing on, T = {horizon:,}, "
+          f"K = {len(equal_stages(horizon))} stages, gamma = {GAMMA}")
+    print(f"timed: apply() over the prebuilt log, fresh state per pass; median of "
+          f"{args.passes} passes\n")
+    cases = [(8, 1), (4, 1), (16, 1), (8, 100)]
+    print(f"{'M_max':>5} {'feedback':>10} {'events':>8} {'queries/s':>10} {'events/s':>10} "
+          f"{'us/query':>9} {'cached':>7} {'min..max q/s':>17}")
+    logs: dict[tuple[int, int], Log] = {}
+    results: dict[tuple[int, int], float] = {}
+    for m_max, batch in cases:
+        label = f"M_max={m_max}, feedback batch {batch}"
+        log = build_log(table, make_config(table, m_max, args.seed), horizon, args.seed, batch,
+                        label)
+        logs[(m_max, batch)] = log
+        seconds = [timed_pass(log) for _ in range(args.passes)]
+        med = statistics.median(seconds)
+        qps = [log.queries / s for s in seconds]
+        results[(m_max, batch)] = log.queries / med
+        fb = "per query" if batch == 1 else f"per {batch}"
+        print(f"{m_max:>5} {fb:>10} {len(log.events):>8,} {log.queries / med:>10,.0f} "
+              f"{len(log.events) / med:>10,.0f} {med / log.queries * 1e6:>9.1f} "
+              f"{100.0 * log.cached / log.queries:>6.1f}% "
+              f"{min(qps):>8,.0f}..{max(qps):<8,.0f}")
+
+    headline = results[(8, 1)]
+    verdict = "meets" if headline >= TARGET_QPS else "MISSES"
+    print(f"\nM_max = 8, feedback for every query: {headline:,.0f} routed queries/s on one core "
+          f"-> {verdict} the target of >= {TARGET_QPS:,}")
+
+    if args.profile:
+        log = logs[(8, 1)]
+        state = initial_state(log.config)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for event in log.events:
+            apply(state, event)
+        profiler.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(10)
+        print(f"\nProfile: one pass, M_max = 8, feedback per query "
+              f"({stats.total_tt:.2f} s under cProfile)")
+        text = out.getvalue()
+        for prefix in sorted({sysconfig.get_paths()["purelib"], str(ROOT)}, key=len,
+                             reverse=True):
+            text = text.replace(prefix + os.sep, "")
+        lines = text.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+        print("\n".join(line.rstrip() for line in lines[start:] if line.strip()))
+
+
+if __name__ == "__main__":
+    main()
