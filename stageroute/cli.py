@@ -17,7 +17,7 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERRUPTED = 0, 1, 2, 3, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stageroute.commands import audit, backtest
+    from stageroute.commands import audit, backtest, stream
 
     parser = argparse.ArgumentParser(
         prog="stageroute", description=__doc__,
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     backtest.add_parser(sub)
     audit.add_parser(sub)
+    stream.add_parsers(sub)
     return parser
 
 

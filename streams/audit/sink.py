@@ -13,6 +13,7 @@ from schemas import (
     ModelArrived,
     ModelExpired,
     RoutingDecision,
+    encode,
 )
 from stageroute.engine import EngineConfig, Output
 from streams.audit.embedded import resolve_url
@@ -36,6 +37,17 @@ def open_store(url: str | None) -> AuditStore:
 
 def decision_row(output: Output) -> dict[str, Any]:
     return {k: v for k, v in output.model_dump().items() if k not in ENVELOPE}
+
+
+def registry_row(event: Event, seq: int) -> dict[str, Any] | None:
+    """The model-registry change an applied event makes (an arrival or an expiry), if any."""
+    if isinstance(event, ModelArrived):
+        return {"model_id": event.model_id, "alpha": event.alpha, "cost_min": event.cost_min,
+                "cost_max": event.cost_max, "metadata": dict(event.metadata),
+                "arrived_seq": seq}
+    if isinstance(event, ModelExpired):
+        return {"model_id": event.model_id, "expired_seq": seq}
+    return None
 
 
 class AuditSink:
@@ -63,8 +75,7 @@ class AuditSink:
         return self.run_id
 
     def record(self, seq: int, event: Event, outputs: list[Output]) -> None:
-        self.journal.append({"seq": seq, "event_type": event.type,
-                             "event": event.model_dump(mode="json")})
+        self.journal.append({"seq": seq, "event_type": event.type, "event": encode(event)})
         accepted = True
         for out in outputs:
             if isinstance(out, RoutingDecision):
@@ -74,12 +85,9 @@ class AuditSink:
             elif isinstance(out, DeadLetter):
                 accepted = False
                 self.dead_letters.append(decision_row(out))
-        if accepted and isinstance(event, ModelArrived):
-            self.models.append({"model_id": event.model_id, "alpha": event.alpha,
-                                "cost_min": event.cost_min, "cost_max": event.cost_max,
-                                "metadata": dict(event.metadata), "arrived_seq": seq})
-        elif accepted and isinstance(event, ModelExpired):
-            self.models.append({"model_id": event.model_id, "expired_seq": seq})
+        registry = registry_row(event, seq) if accepted else None
+        if registry is not None:
+            self.models.append(registry)
         if len(self.journal) >= BATCH:
             self.flush()
 

@@ -60,3 +60,24 @@ def migrated_db(pg_url: str) -> Iterator[str]:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         admin.dispose()
+
+
+KAFKA_SH = REPO_ROOT / "infra" / "kafka.sh"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """Bootstrap address of a running Kafka broker: ``$STAGEROUTE_TEST_KAFKA`` if set, else the
+    repo's KRaft broker, started with ``infra/kafka.sh start`` (idempotent; port from
+    ``$STAGEROUTE_KAFKA_PORT``; left running, stop it with ``infra/kafka.sh stop``)."""
+    address = os.environ.get("STAGEROUTE_TEST_KAFKA")
+    if address:
+        return address
+    proc = subprocess.run([str(KAFKA_SH), "start"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"infra/kafka.sh start failed (exit {proc.returncode}):\n{proc.stderr}")
+    lines = proc.stdout.strip().splitlines()
+    if not lines:
+        pytest.fail(f"infra/kafka.sh start printed no address:\n{proc.stderr}")
+    return lines[-1]
