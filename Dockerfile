@@ -10,7 +10,6 @@ COPY solvers ./solvers
 COPY streams ./streams
 COPY stageroute ./stageroute
 COPY migrations ./migrations
-COPY bench ./bench
 RUN pip install .
 
 # Never root at run time; the worker needs no file system writes besides faust's datadir.

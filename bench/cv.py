@@ -43,10 +43,11 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.quality import BETAS, BUDGET_SLACK, base_config, default_scenario
-from stageroute.backtest.runner import Stream, iid_rows, oracle_means, run
-from stageroute.data import BUNDLED_TABLE
+from stageroute.backtest.driver import Stream, iid_rows
+from stageroute.backtest.runner import oracle_means, run
 from stageroute.engine import default_gamma
-from streams.files import RewardTable, load_table
+from streams.data import BUNDLED_TABLE
+from streams.tables import RewardTable, load_table
 
 BASE_GAMMA = 0.5
 BASE_M_MAX = 4
@@ -132,7 +133,8 @@ def _run_group(task: tuple[tuple[int, ...], int, float, int, int, float, tuple[f
         update={"policy": "oracle", "policy_params": {"means": oracle_means(table)}}))
     out = []
     for gamma in gammas:
-        result = run(table, stream, base.model_copy(update={"gamma": gamma}))
+        result = run(table, stream, base.model_copy(update={"gamma": gamma}),
+                     clock=time.perf_counter)
         s = result.summary(oracle)
         out.append({"table": list(key), "seed": seed, "beta": beta, "gamma": gamma,
                     "stages": stages, "m_max": m_max, "alpha": alpha,

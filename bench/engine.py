@@ -32,20 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas import (
-    Event,
-    Feedback,
-    ModelArrived,
-    Query,
-    QueryFeatures,
-    RoutingDecision,
-    StageBoundary,
-)
-from stageroute.backtest.runner import iid_rows
-from stageroute.backtest.scenario import equal_stages
-from stageroute.data import BUNDLED_TABLE
+from schemas import Event
+from stageroute.backtest.driver import Stream, drive, iid_rows, table_workload
+from stageroute.backtest.scenario import all_live, equal_stages
 from stageroute.engine import EngineConfig, Output, apply, initial_state
-from streams.files import RewardTable, load_table
+from streams.data import BUNDLED_TABLE
+from streams.tables import RewardTable, load_table
 
 ALPHA = 0.25
 BETA = 0.5
@@ -70,41 +62,19 @@ class Log:
 def build_log(table: RewardTable, config: EngineConfig, horizon: int, seed: int,
               feedback_batch: int, label: str) -> Log:
     """Run the engine once to build the log (feedback for the routed model)."""
+    scenario = all_live(table.models, horizon)
+    stream = Stream(iid_rows(table.n_rows, horizon, seed), scenario, ALPHA,
+                    feedback_batch=feedback_batch)
     state = initial_state(config)
     events: list[Event] = []
     cached = 0
 
-    def push(event: Event) -> list[Output]:
+    def record(seq: int, event: Event, outputs: list[Output]) -> None:
         events.append(event)
-        return apply(state, event)[1]
 
-    for m in table.models:
-        push(ModelArrived(model_id=m, time=0.0, alpha=ALPHA))
-    stage_at = {start: k for k, start in enumerate(equal_stages(horizon))}
-    column = {m: j for j, m in enumerate(table.models)}
-    scores, costs, tasks = table.scores, table.costs, table.tasks
-    rows = iid_rows(table.n_rows, horizon, seed)
-    pending: list[Feedback] = []
-    for t in range(horizon):
-        if t in stage_at:
-            push(StageBoundary(stage=stage_at[t], time=float(t)))
-        row = int(rows[t])
-        query_id = f"q{t}"
-        decision = push(Query.model_construct(
-            query_id=query_id, time=float(t),
-            features=QueryFeatures.model_construct(task=tasks[row] or None)))[-1]
-        assert isinstance(decision, RoutingDecision), decision
-        cached += decision.cached
-        j = column[decision.model_id]
-        reward = float(scores[row, j])
-        if reward == reward:  # NaN = missing outcome: no feedback
-            pending.append(Feedback.model_construct(
-                query_id=query_id, model_id=decision.model_id, reward=reward,
-                cost=float(costs[row, j]), time=float(t)))
-        if (t + 1) % feedback_batch == 0 or t + 1 == horizon:
-            for fb in pending:
-                push(fb)
-            pending.clear()
+    for step in drive(state, table_workload(table, stream), record):
+        assert step.decision is not None, step
+        cached += step.decision.cached
     if state.counters["dead_letters"]:
         raise RuntimeError(f"{label}: {state.counters['dead_letters']} dead letters in the log")
     return Log(label, config, events, horizon, cached, dict(state.counters), state.spent)

@@ -8,7 +8,7 @@ For each beta in {0.3, 0.7} (budget = beta x the highest mean per-query model co
 seed 0..seeds-1 (the seed draws the rows i.i.d. and keys every routing draw), the oracle and the
 policies stageroute, greedy, random, epsilon_greedy, thompson, static and ucb_bwk run on the
 same stream (``stageroute.backtest.runner.run_all``): default schedule
-(``stageroute/data/default_schedule.json``), ``K = ceil(T^(1/3))`` equal stages, feedback right
+(``streams/data/default_schedule.json``), ``K = ceil(T^(1/3))`` equal stages, feedback right
 after each query, ``cost_ceiling`` = the largest single cost in the table.
 
 Prints, per beta and policy, mean +- std over seeds of the realised average reward, its percent
@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from stageroute.backtest.runner import Stream, iid_rows, run_all
+from stageroute.backtest.driver import Stream, iid_rows
+from stageroute.backtest.runner import run_all
 from stageroute.backtest.scenario import Scenario, parse_schedule
-from stageroute.data import BUNDLED_TABLE, DEFAULT_SCHEDULE
 from stageroute.engine import EngineConfig
-from streams.files import RewardTable, load_table
+from streams.data import BUNDLED_TABLE, DEFAULT_SCHEDULE
+from streams.tables import RewardTable, load_table
 
 POLICIES = ("stageroute", "greedy", "random", "epsilon_greedy", "thompson", "static", "ucb_bwk")
 BETAS = (0.3, 0.7)
@@ -105,7 +106,8 @@ def main() -> None:
                 config = base_config(table, beta, m_max=args.m_max, gamma=args.gamma, seed=seed,
                                      pacing=pacing, pacing_window=args.pacing_window)
                 stream = Stream(iid_rows(table.n_rows, horizon, seed), scenario, args.alpha)
-                oracle, results = run_all(table, stream, config, POLICIES, progress=bar.update)
+                oracle, results = run_all(table, stream, config, POLICIES, progress=bar.update,
+                                          clock=time.perf_counter)
                 for result in (oracle, *results):
                     rows.append({"beta": beta, "seed": seed, **result.summary(oracle)})
     elapsed = time.perf_counter() - started

@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from solvers import deploy_opt, route_opt, route_opt_reference
+from bench.reference import route_opt_reference
+from solvers import deploy_opt, route_opt
 from solvers.deploy_opt import _mip_support
 
 
@@ -65,7 +66,9 @@ def bench_deploy(seed: int, reference_limit_s: float) -> None:
             rng = np.random.default_rng(seed + n)
             mu, cost = rng.random(n), rng.random(n)
             alpha = rng.uniform(lo, hi, n)
+            t0 = time.perf_counter()
             sol = deploy_opt(mu, cost, alpha, 0.3, 32)
+            ours_ms = (time.perf_counter() - t0) * 1e3
             ref_ms, diff = "-", "-"
             if n <= 1_000:
                 t0 = time.perf_counter()
@@ -74,7 +77,7 @@ def bench_deploy(seed: int, reference_limit_s: float) -> None:
                 if support is not None:
                     sub = route_opt(mu[support], cost[support], alpha[support], 0.3)
                     diff = f"{abs(sub.objective - sol.objective):.1e}"
-            print(f"{n:>6} {label:>6} {sol.solve_seconds * 1e3:>9.1f} {sol.status:>10} "
+            print(f"{n:>6} {label:>6} {ours_ms:>9.1f} {sol.status:>10} "
                   f"{ref_ms:>13} {diff:>9}")
 
 

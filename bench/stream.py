@@ -8,7 +8,7 @@ Starts the broker and Postgres with ``infra/kafka.sh`` / ``infra/postgres.sh`` u
 starts ``stageroute worker`` as a subprocess, then:
 
 1. *Throughput*: publishes a log of ``--queries`` queries with their feedback (about two
-   events per query; built by running the engine, see ``streams.live.synthetic``) as fast as
+   events per query; built by running the engine, see ``tests.synthetic``) as fast as
    the producer goes, and waits until every routing decision is committed in Postgres.
    Sustained queries/s = queries / (first publish -> last decision committed).
 2. *Latency at a fixed offered load*: publishes another domain's log paced at ``--rate``
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     from streams import topics
     from streams.audit.store import AuditStore
     from streams.live.processor import live_run_id
-    from streams.live.synthetic import default_config, synthetic_log
     from streams.publisher import make_producer
+    from tests.synthetic import default_config, synthetic_log
 
     bootstrap = args.bootstrap or _start("kafka.sh")
     db_url = _fresh_database(args.db_url or _start("postgres.sh"))
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     run_name = f"bench-{prefix}"
     worker_log = (work / "worker.log").open("w")  # open as long as the worker runs
     worker = subprocess.Popen(
-        [sys.executable, "-m", "stageroute.cli", "worker", "--engine-config",
+        [sys.executable, "-m", "streams.cli", "worker", "--engine-config",
          str(work / "engine.json"), "--run-id", run_name, "--bootstrap", bootstrap,
          "--db-url", db_url, "--topic-prefix", prefix, "--web-port", str(args.web_port),
          "--batch-size", str(args.batch_size), "--batch-within", str(args.batch_within),

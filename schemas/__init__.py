@@ -1,7 +1,7 @@
 """The stageroute contract: input events, output decisions, dead letters, and their codec.
 
 Pure: imports only the standard library and pydantic. Version 1 of the wire format; the JSON
-Schema of every type is generated into ``schemas/json/`` by ``python -m schemas.export``.
+Schema of every type is generated into ``schemas/json/`` by ``python -m streams.schema_files``.
 """
 
 from schemas.base import trusted

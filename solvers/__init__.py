@@ -2,7 +2,6 @@
 
 from solvers.bounds import confidence_radius, cost_lcb, model_bounds, reward_ucb
 from solvers.deploy_opt import DeploySolution, deploy_opt
-from solvers.reference import route_opt_reference
 from solvers.route_opt import (
     BUDGET_INFEASIBLE,
     CAPS_BUDGET_INFEASIBLE,
@@ -25,5 +24,4 @@ __all__ = [
     "model_bounds",
     "reward_ucb",
     "route_opt",
-    "route_opt_reference",
 ]

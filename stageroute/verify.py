@@ -105,13 +105,13 @@ def verify(config: EngineConfig, journal: Iterable[tuple[int, dict[str, Any]]],
     try:
         for kind, key, fields in replay(config, _counting(journal, report)):
             produced[kind].add(key)
-            row = stored[kind].get(key)
-            if row is None:
+            found = stored[kind].get(key)
+            if found is None:
                 report.add(f"replay produced a {kind} decision {key!r} that is not stored")
                 continue
-            differing = [k for k, v in fields.items() if k in row and row[k] != v]
+            differing = [k for k, v in fields.items() if k in found and found[k] != v]
             if differing:
-                shown = ", ".join(f"{k}={row[k]!r} vs {fields[k]!r}" for k in differing[:3])
+                shown = ", ".join(f"{k}={found[k]!r} vs {fields[k]!r}" for k in differing[:3])
                 report.add(f"{kind} decision {key!r}: stored {', '.join(differing)} differ "
                            f"from the replay ({shown})")
     except ValueError as exc:

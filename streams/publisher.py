@@ -137,6 +137,6 @@ def journal_events(store: Any, run_id: str) -> Iterator[tuple[int, dict[str, Any
 def export_journal(store: Any, run_id: str, target: str | Path) -> int:
     """Write a run's journal as a JSONL event log (gzip if the name ends in .gz); returns the
     number of events. ``stageroute replay --to-kafka FILE`` reads it back."""
-    from streams.files import write_event_log
+    from streams.eventlog import write_event_log
 
     return write_event_log(target, (decode_event(event) for _, event in store.journal(run_id)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from schemas import (
 )
 from solvers import deploy_opt, route_opt
 from solvers.route_opt import solve_lists
+from stageroute.backtest.driver import Workload, drive
 from stageroute.engine import EngineConfig, EngineState, Output, apply, initial_state
 from stageroute.policies import sample_index, uniform
 
@@ -247,36 +249,33 @@ class LogBuilder:
 
 def scripted_log(config: EngineConfig, n_queries: int = 120, rng_seed: int = 0) -> list[Event]:
     """A realistic log: models with price ranges, stages every 30 queries, a mid-run expiry
-    and arrival, feedback delayed by 0-10 queries (so out of order) or never, bad events."""
+    and arrival, feedback delayed by 0-10 queries (so out of order) or never, bad events.
+    Built by the engine driver, as every log whose feedback names the routed model is."""
     rng = random.Random(rng_seed)  # the test's own generator, not the engine's
-    builder = LogBuilder(config)
+    exogenous: dict[int, list[Event]] = defaultdict(list)
     for model_id, (_, cost) in list(SCRIPTED_MEANS.items())[:4]:
-        assert builder.arrive(alpha=0.6, cost_min=cost / 2, cost_max=2 * cost) == model_id
-    due: list[tuple[int, int, float, float]] = []  # (due at query, query number, reward, cost)
-    routed: dict[int, RoutingDecision] = {}
-    for t in range(n_queries):
-        builder.time = float(t)
-        if t % 30 == 0:
-            builder.next_stage()
-        if t == 50:
-            builder.expire("m1")
-        if t == 60:
-            builder.arrive(alpha=0.6, cost_min=0.2, cost_max=0.8)
-        if t == 20:
-            builder.bad_feedback("unknown", t)
-        if t == 40:
-            builder.duplicate_query(3)
-        for _, number, reward, cost in sorted(d for d in due if d[0] <= t):
-            builder.add(answer(routed[number], reward, cost, float(t)))
-        due = [d for d in due if d[0] > t]
-        decision = builder.query()
-        if decision is None or rng.random() < 0.2:
-            continue  # feedback that never comes
-        mean_reward, mean_cost = SCRIPTED_MEANS[decision.model_id]
-        routed[t] = decision
-        due.append((t + rng.randint(0, 10), t, float(rng.random() < mean_reward),
-                    mean_cost * rng.uniform(0.5, 1.5)))
-    return builder.events
+        exogenous[0].append(arrived(model_id, alpha=0.6, cost_min=cost / 2, cost_max=2 * cost))
+    for t in range(0, n_queries, 30):
+        exogenous[t].append(stage(t // 30, float(t)))
+    exogenous[20].append(feedback("unknown-20", "m0", time=20.0))
+    exogenous[40].append(query("q3", 40.0))  # a duplicate query id
+    exogenous[50].append(expired("m1", 50.0))
+    exogenous[60].append(arrived("m4", 60.0, alpha=0.6, cost_min=0.2, cost_max=0.8))
+    delays: dict[int, int] = {}
+
+    def outcome(t: int, model_id: str) -> tuple[float, float] | None:
+        if rng.random() < 0.2:
+            return None  # feedback that never comes
+        mean_reward, mean_cost = SCRIPTED_MEANS[model_id]
+        delays[t] = rng.randint(0, 10)
+        return float(rng.random() < mean_reward), mean_cost * rng.uniform(0.5, 1.5)
+
+    workload = Workload(n_queries, exogenous, lambda t: query(f"q{t}", float(t)), outcome,
+                        delay=delays.__getitem__)
+    events: list[Event] = []
+    for _ in drive(initial_state(config), workload, lambda seq, e, out: events.append(e)):
+        pass
+    return events
 
 
 def log_digest(policy: str = "stageroute", seed: int = 11) -> str:

@@ -1,1 +1,2 @@
-"""Backtests: scenarios (pure) and the runner that replays a reward table through the engine."""
+"""Backtests (pure): the reward table, scenarios, the engine driver and the runner that
+replays a table through the engine for each policy."""

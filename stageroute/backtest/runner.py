@@ -15,36 +15,27 @@ routing distribution.  Realised averages (reward, cost) count queries with an ou
 from __future__ import annotations
 
 import math
-import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from schemas import DeploymentDecision, Event, Feedback, Query, QueryFeatures, RoutingDecision
-from stageroute.backtest.scenario import Scenario
-from stageroute.engine import EngineConfig, Output, apply, initial_state
-from streams.files import RewardTable
+from schemas import DeploymentDecision, Event
+from stageroute.backtest.driver import Stream, drive, table_workload
+from stageroute.backtest.table import RewardTable
+from stageroute.engine import EngineConfig, Output, initial_state
+
+Clock = Callable[[], float]
+"""Seconds from an arbitrary origin (the caller's ``time.perf_counter``), for q/s only."""
 
 
-class AuditSink(Protocol):
-    """Where a run's journal and decisions go (the Postgres audit store, or nowhere)."""
+class Recorder(Protocol):
+    """Where a run's journal and decisions go (the audit store, or nowhere)."""
 
     def start_run(self, config: EngineConfig, meta: dict[str, Any]) -> str: ...
     def record(self, seq: int, event: Event, outputs: list[Output]) -> None: ...
     def finish_run(self, summary: dict[str, Any]) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Stream:
-    """The query sequence shared by every policy: table rows in order of arrival."""
-
-    rows: np.ndarray
-    scenario: Scenario
-    default_alpha: float
-    feedback_delay: int = 0
 
 
 @dataclass(slots=True)
@@ -89,69 +80,41 @@ class RunResult:
                 for k, v in figures.items()}
 
 
-def iid_rows(n_rows: int, horizon: int, seed: int) -> np.ndarray:
-    """Row indices drawn i.i.d. uniformly (with replacement) with the seed."""
-    return np.random.default_rng(seed).integers(0, n_rows, horizon)
-
-
-def run(table: RewardTable, stream: Stream, config: EngineConfig, sink: AuditSink | None = None,
-        progress: Callable[[int], None] | None = None) -> RunResult:
+def run(table: RewardTable, stream: Stream, config: EngineConfig,
+        recorder: Recorder | None = None, progress: Callable[[int], None] | None = None,
+        clock: Clock | None = None) -> RunResult:
     """One policy over the stream; ``progress(n)`` is called every few thousand queries."""
     state = initial_state(config)
     horizon = stream.scenario.horizon
-    column = {m: j for j, m in enumerate(table.models)}
     true_mean = dict(zip(table.models, table.mean_reward().tolist()))
-    scores, costs, tasks = table.scores, table.costs, table.tasks
-    exogenous = stream.scenario.events_before(stream.default_alpha)
-    due: deque[tuple[int, Feedback]] = deque()
     expected = np.empty(horizon)
     realised_cost = np.full(horizon, np.nan)
     reward_sum = cost_sum = 0.0
     answered = 0
     deployments: list[tuple[int, str, list[str]]] = []
-    run_id = sink.start_run(config, {"horizon": horizon}) if sink else None
+    run_id = recorder.start_run(config, {"horizon": horizon}) if recorder else None
 
-    def step(event: Event) -> list[Output]:
-        seq = state.seq
-        _, outputs = apply(state, event)
-        if sink:
-            sink.record(seq, event, outputs)
+    def record(seq: int, event: Event, outputs: list[Output]) -> None:
+        if recorder:
+            recorder.record(seq, event, outputs)
         for out in outputs:
             if isinstance(out, DeploymentDecision):
                 deployments.append((out.stage, out.reason, list(out.selected)))
-        return outputs
 
-    started = time.perf_counter()
-    for t in range(horizon):
-        for event in exogenous.get(t, ()):
-            step(event)
-        while due and due[0][0] <= t:
-            step(due.popleft()[1])
-        row = int(stream.rows[t])
-        query_id = f"q{t}"
-        outputs = step(Query(query_id=query_id, time=float(t),
-                             features=QueryFeatures(task=tasks[row] or None)))
-        decision = outputs[-1]
-        if not isinstance(decision, RoutingDecision):
-            expected[t] = 0.0
-            continue
-        expected[t] = math.fsum(p * true_mean[m] for p, m in zip(decision.p, decision.deployed))
-        j = column[decision.model_id]
-        reward = float(scores[row, j])
-        if reward == reward:  # NaN: missing outcome, no feedback
-            cost = float(costs[row, j])
+    started = clock() if clock else 0.0
+    for step in drive(state, table_workload(table, stream), record):
+        t, decision = step.t, step.decision
+        expected[t] = 0.0 if decision is None else math.fsum(
+            p * true_mean[m] for p, m in zip(decision.p, decision.deployed))
+        if step.outcome is not None:
+            reward, cost = step.outcome
             reward_sum += reward
             cost_sum += cost
             answered += 1
             realised_cost[t] = cost
-            due.append((t + stream.feedback_delay, Feedback(
-                query_id=query_id, model_id=decision.model_id, reward=reward, cost=cost,
-                time=float(t + stream.feedback_delay))))
         if progress and (t + 1) % 5000 == 0:
             progress(5000)
-    while due:
-        step(due.popleft()[1])
-    seconds = time.perf_counter() - started
+    seconds = clock() - started if clock else math.nan
     if progress:
         progress(horizon % 5000)
 
@@ -163,8 +126,8 @@ def run(table: RewardTable, stream: Stream, config: EngineConfig, sink: AuditSin
         run_id=run_id, deployments=deployments, dead_letters=state.counters["dead_letters"],
         expected=expected, costs=realised_cost,
     )
-    if sink:
-        sink.finish_run(result.summary(None))
+    if recorder:
+        recorder.finish_run(result.summary(None))
     return result
 
 
@@ -175,12 +138,13 @@ def oracle_means(table: RewardTable) -> dict[str, list[float]]:
 
 
 def run_all(table: RewardTable, stream: Stream, base: EngineConfig, policies: Sequence[str],
-            sink: AuditSink | None = None, progress: Callable[[int], None] | None = None,
-            ) -> tuple[RunResult, list[RunResult]]:
+            recorder: Recorder | None = None, progress: Callable[[int], None] | None = None,
+            clock: Clock | None = None) -> tuple[RunResult, list[RunResult]]:
     """The oracle, then each policy, on the same stream; returns (oracle, results)."""
     oracle_cfg = base.model_copy(update={"policy": "oracle",
                                          "policy_params": {"means": oracle_means(table)}})
-    oracle = run(table, stream, oracle_cfg, sink, progress)
-    results = [run(table, stream, base.model_copy(update={"policy": name}), sink, progress)
+    oracle = run(table, stream, oracle_cfg, recorder, progress, clock)
+    results = [run(table, stream, base.model_copy(update={"policy": name}), recorder,
+                   progress, clock)
                for name in policies]
     return oracle, results

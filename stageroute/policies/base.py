@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from solvers import model_bounds
 
 
@@ -111,6 +113,8 @@ class Policy(ABC):
     def __init__(self, seed: int, params: dict[str, Any]) -> None:
         self.seed = seed
         self.params = params
+        #: Re-seeded per key by ``draws.generator`` (cheaper than a new generator per draw).
+        self.scratch = np.random.RandomState(0)
 
     @abstractmethod
     def deploy_scores(self, models: list[ModelStats], stage: int) -> Scores:

@@ -13,7 +13,7 @@ from stageroute.policies.base import (
     mean_scores,
     optimistic_scores,
 )
-from stageroute.policies.draws import generator, uniform
+from stageroute.policies.draws import beta_sample, generator, uniform
 
 
 class StageRoute(Policy):
@@ -56,9 +56,10 @@ class Greedy(Policy):
         return mean_scores(models)
 
 
-def _random_scores(models: list[ModelStats], seed: int, key: str) -> Scores:
-    rng = generator(seed, key, "random-scores")
-    return Scores([rng.random() for _ in models], mean_scores(models).cost, cacheable=False)
+def _random_scores(policy: Policy, models: list[ModelStats], key: str) -> Scores:
+    rng = generator(policy.seed, key, "random-scores", policy.scratch)
+    return Scores([float(rng.random_sample()) for _ in models], mean_scores(models).cost,
+                  cacheable=False)
 
 
 class UniformRandom(Policy):
@@ -68,10 +69,10 @@ class UniformRandom(Policy):
     name = "random"
 
     def deploy_scores(self, models: list[ModelStats], stage: int) -> Scores:
-        return _random_scores(models, self.seed, f"stage:{stage}")
+        return _random_scores(self, models, f"stage:{stage}")
 
     def route_scores(self, models: list[ModelStats], query_id: str) -> Scores:
-        return _random_scores(models, self.seed, query_id)
+        return _random_scores(self, models, query_id)
 
 
 class EpsilonGreedy(Greedy):
@@ -87,12 +88,12 @@ class EpsilonGreedy(Greedy):
     def deploy_scores(self, models: list[ModelStats], stage: int) -> Scores:
         key = f"stage:{stage}"
         if uniform(self.seed, key, "explore") < self.epsilon:
-            return _random_scores(models, self.seed, key)
+            return _random_scores(self, models, key)
         return mean_scores(models)
 
     def route_scores(self, models: list[ModelStats], query_id: str) -> Scores:
         if uniform(self.seed, query_id, "explore") < self.epsilon:
-            return _random_scores(models, self.seed, query_id)
+            return _random_scores(self, models, query_id)
         # Not cacheable: whether the next query explores is decided per query.
         return replace(mean_scores(models), cacheable=False)
 
@@ -104,8 +105,8 @@ class Thompson(Policy):
     name = "thompson"
 
     def _sample(self, models: list[ModelStats], key: str) -> Scores:
-        rng = generator(self.seed, key, "thompson")
-        reward = [rng.betavariate(1.0 + m.n * m.mean_r, 1.0 + m.n * (1.0 - m.mean_r))
+        rng = generator(self.seed, key, "thompson", self.scratch)
+        reward = [beta_sample(rng, 1.0 + m.n * m.mean_r, 1.0 + m.n * (1.0 - m.mean_r))
                   for m in models]
         return Scores(reward, mean_scores(models).cost, cacheable=False)
 

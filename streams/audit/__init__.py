@@ -5,7 +5,9 @@
 * ``migrate``: ``upgrade(url)`` / ``downgrade(url, rev)`` from code.
 * ``embedded``: which URL to use (flag, ``$STAGEROUTE_DB_URL``, or a zero-setup embedded
   PostgreSQL server).
-* ``bench``: ``python -m streams.audit.bench`` prints write throughput.
+* ``recorder``: the backtest's recorder (journal and decisions in batched transactions).
+
+``python -m bench.audit`` prints write throughput.
 
 A runtime adapter: the engine, policies and solvers never import it.
 """

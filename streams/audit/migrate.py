@@ -6,6 +6,7 @@ so it works from a checkout and from an installed wheel alike (no ``alembic.ini`
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 
 from alembic import command
@@ -14,18 +15,20 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import URL, pool
 
-import migrations
 from streams.audit.db import make_engine
 
 
 def _migrations_dir() -> Path:
-    # Iterate __path__ rather than use __file__: an editable install made before the package
-    # had its __init__.py maps it as a namespace package, whose __file__ is None.
-    for entry in migrations.__path__:
+    # Located, not imported: the migrations import the audit models, a layer below them.
+    # Search every location: an editable install made before the package had its __init__.py
+    # maps it as a namespace package.
+    spec = find_spec("migrations")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for entry in locations:
         path = Path(entry)
         if (path / "env.py").is_file():
             return path.resolve()
-    raise RuntimeError(f"no env.py in the migrations package ({list(migrations.__path__)})")
+    raise RuntimeError(f"no env.py in the migrations package ({locations})")
 
 
 MIGRATIONS_DIR = _migrations_dir()

@@ -17,7 +17,7 @@ Per table, the fastest way that still skips stored rows:
   and last row's key, or by the ``COPY`` failing on a duplicate): ``COPY`` into a temporary
   table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.
 
-``python -m streams.audit.bench`` measures these against SQLAlchemy's ``executemany`` and
+``python -m bench.audit`` measures these against SQLAlchemy's ``executemany`` and
 ``insertmanyvalues``: on a 2-core machine COPY is 3-6x faster.
 
 Row dicts use the column names of ``streams.audit.models``, which are the field names of the

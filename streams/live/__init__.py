@@ -4,5 +4,4 @@
 * ``app``: the faust-streaming app (one agent, concurrency 1, /health, /metrics).
 * ``lean``: the same over a plain aiokafka consumer loop, pipelined (``--runtime aiokafka``).
 * ``outputs``: what the decisions topic already holds (for re-sending after a crash).
-* ``synthetic``: engine-built event logs for tests and ``bench.stream``.
 """

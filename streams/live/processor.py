@@ -57,7 +57,7 @@ from schemas import (
 from schemas.base import DEFAULT_DOMAIN
 from stageroute.engine import EngineConfig, EngineState, apply, initial_state, restore, snapshot
 from streams.audit.models import ConsumerTracking, DeploymentDecisionRow, RoutingDecisionRow
-from streams.audit.sink import decision_row, registry_row
+from streams.audit.recorder import decision_row, registry_row
 from streams.audit.store import AuditStore
 
 RUN_NAMESPACE: Final = uuid.UUID("5e7c2a4e-6d1b-4f5e-9b1a-2f0c3d4e5a60")

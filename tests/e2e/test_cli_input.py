@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from stageroute.data import BUNDLED_TABLE
+from streams.data import BUNDLED_TABLE
 
 
 def stageroute(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stageroute.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=300)
 
 
@@ -52,7 +52,7 @@ def test_bad_flags_exit_2_naming_the_flag(flags: list[str], message: str) -> Non
 
 
 def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "stageroute.cli", "backtest", "--no-audit",
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "backtest", "--no-audit",
                              "--quiet"], capture_output=True, text=True, timeout=120,
                             env={**__import__("os").environ, "STAGEROUTE_M_MAX": "many"})
     assert result.returncode == 2

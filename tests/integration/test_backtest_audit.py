@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stageroute.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=600)
 
 

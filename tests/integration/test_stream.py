@@ -2,7 +2,7 @@
 
 Each test gets its own topic prefix and database; the worker runs as a subprocess
 (``stageroute worker``), exactly as a user starts it, with both runtimes (faust agent, plain
-aiokafka loop). Logs are built by running the engine (``streams.live.synthetic``), published
+aiokafka loop). Logs are built by running the engine (``tests.synthetic``), published
 to the single ordered topic ``<prefix>.events``.
 
 * every query gets exactly one decision row and one decision message; ``verify`` is clean;
@@ -37,8 +37,8 @@ from stageroute.verify import verify
 from streams import topics
 from streams.audit.store import AuditStore
 from streams.live.processor import live_run_id, load_state
-from streams.live.synthetic import default_config, synthetic_log
 from streams.publisher import make_producer
+from tests.synthetic import default_config, synthetic_log
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,7 @@ class StreamEnv:
         path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stageroute.cli", "worker", "--engine-config",
+            [sys.executable, "-m", "streams.cli", "worker", "--engine-config",
              str(config_path), "--run-id", self.run_name, "--bootstrap", self.bootstrap,
              "--db-url", self.db_url, "--topic-prefix", self.names.prefix, "--web-port",
              str(port), "--runtime", runtime, "--session-timeout", "6",

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from streams import topics
-from streams.files import write_event_log
-from streams.live.synthetic import default_config, synthetic_log
+from streams.eventlog import write_event_log
+from tests.synthetic import default_config, synthetic_log
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable, "-m", "stageroute.cli", *args], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120, check=False,
                           env={**os.environ, "PYTHONPATH": path},
                           input=stdin.decode() if stdin is not None else None)

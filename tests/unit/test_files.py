@@ -1,4 +1,5 @@
-"""streams.files: reward tables (CSV, CSV.gz, Parquet), the bundled data, JSONL event logs."""
+"""streams.tables and streams.eventlog: reward tables (CSV, CSV.gz, Parquet), the bundled
+data, JSONL event logs."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ from schemas import (
     StageBoundary,
     encode,
 )
-from stageroute.data import BUNDLED_TABLE, DEFAULT_SCHEDULE
-from streams.files import DataError, RewardTable, load_event_log, load_table, write_event_log
+from streams.data import BUNDLED_TABLE, DEFAULT_SCHEDULE
+from streams.eventlog import load_event_log, write_event_log
+from streams.tables import DataError, RewardTable, load_table
 
 WIZARD = "WizardLM/WizardLM-13B-V1.2"
 HEADER = "sample_id,eval_name,prompt,a|score,a|cost,b|score,b|cost"

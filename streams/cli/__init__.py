@@ -11,13 +11,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from stageroute.settings import Options, UsageError, load_config_file
+from streams.cli.settings import Options, UsageError, load_config_file
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stageroute.commands import audit, backtest, stream
+    from streams.cli import audit, backtest, stream
 
     parser = argparse.ArgumentParser(
         prog="stageroute", description=__doc__,
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from sqlalchemy.exc import OperationalError
 
-    from streams.files import DataError
+    from streams.tables import DataError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -53,6 +53,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stageroute {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,6 @@
-"""The audit trail as the engine's output sink: batches journal entries and decisions into
-one-transaction writes of the audit store (see ``streams.audit.store``)."""
+"""The audit trail as the backtest's recorder (``stageroute.backtest.runner.Recorder``): batches
+journal entries and decisions into one-transaction writes of the audit store
+(see ``streams.audit.store``)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def registry_row(event: Event, seq: int) -> dict[str, Any] | None:
     return None
 
 
-class AuditSink:
+class AuditRecorder:
     """Writes each run's journal and decisions; one run at a time."""
 
     def __init__(self, store: AuditStore, kind: str, meta: dict[str, Any]) -> None:
@@ -105,5 +106,5 @@ class AuditSink:
             self.store.finish_run(self.run_id, {**self.meta, **summary})
 
 
-def open_sink(url: str | None, kind: str, meta: dict[str, Any]) -> AuditSink:
-    return AuditSink(open_store(url), kind, meta)
+def open_recorder(url: str | None, kind: str, meta: dict[str, Any]) -> AuditRecorder:
+    return AuditRecorder(open_store(url), kind, meta)

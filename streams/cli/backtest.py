@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from stageroute.backtest.runner import RunResult, Stream, iid_rows, run_all
+from stageroute.backtest.driver import Stream, iid_rows
+from stageroute.backtest.runner import RunResult, run_all
 from stageroute.backtest.scenario import Scenario, ScenarioError, all_live, parse_schedule
-from stageroute.data import BUNDLED_TABLE, DEFAULT_SCHEDULE
 from stageroute.engine import EngineConfig
 from stageroute.policies import POLICIES
-from stageroute.settings import (
+from streams.cli.settings import (
     Options,
     UsageError,
     any_int,
@@ -27,7 +28,8 @@ from stageroute.settings import (
     share,
     text,
 )
-from streams.files import RewardTable, load_table
+from streams.data import BUNDLED_TABLE, DEFAULT_SCHEDULE
+from streams.tables import RewardTable, load_table
 
 DEFAULT_POLICIES = "stageroute,greedy,random"
 DEFAULT_GAMMA = EngineConfig.model_fields["gamma"].default
@@ -147,20 +149,21 @@ def _scenario(path: str | None, table: RewardTable, horizon: int,
 
 
 def run_command(opts: Options) -> int:
-    from stageroute.backtest.report import print_table, write_report
+    from streams.report import print_table, write_report
 
     p = plan(opts)
-    sink = None
+    recorder = None
     if not opts.get("no_audit", flag, False):
-        from streams.audit.sink import open_sink
+        from streams.audit.recorder import open_recorder
 
-        sink = open_sink(opts.get("db_url", text, None), kind="backtest",
+        recorder = open_recorder(opts.get("db_url", text, None), kind="backtest",
                          meta={"data": p.table.source, "scenario": p.schedule_source,
                                "beta": p.beta, "alpha": p.stream.default_alpha})
     total = p.scenario.horizon * (len(p.policies) + 1)
     with tqdm(total=total, unit="q", disable=bool(opts.flags.get("quiet")),
               desc="backtest", dynamic_ncols=True) as bar:
-        oracle, results = run_all(p.table, p.stream, p.config, p.policies, sink, bar.update)
+        oracle, results = run_all(p.table, p.stream, p.config, p.policies, recorder,
+                                  bar.update, time.perf_counter)
     summary = _summary(p, oracle, results)
     print_table(summary)
     json_path = opts.get("json", text, None)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stageroute.settings import (
+from streams.cli.settings import (
     Options,
     UsageError,
     positive_float,
@@ -140,7 +140,7 @@ def _worker(opts: Options) -> int:
     from pydantic import ValidationError
 
     from stageroute.engine import EngineConfig
-    from streams.audit.sink import open_store
+    from streams.audit.recorder import open_store
     from streams.live.app import WorkerSettings, run_worker
 
     path = opts.get("engine_config", text, None)
@@ -201,7 +201,7 @@ def _publish(opts: Options) -> int:
 
 def _replay(opts: Options) -> int:
     from streams import publisher
-    from streams.files import load_event_log
+    from streams.eventlog import load_event_log
 
     run_id = opts.flags.get("from_run")
     export = opts.flags.get("export")
@@ -211,7 +211,7 @@ def _replay(opts: Options) -> int:
     speed = opts.get("speed", positive_float, 1.0)
     _check_choice("--pace", pace, ("max", "event-time"))
     if run_id:
-        from streams.audit.sink import open_store
+        from streams.audit.recorder import open_store
 
         store = open_store(opts.get("db_url", text, None))
         if store.get_run(run_id) is None:

@@ -1,6 +1,6 @@
 """Write-throughput benchmark of the audit store (not a test: it prints figures).
 
-    python -m streams.audit.bench [--url URL] [--queries 100000]
+    python -m bench.audit [--url URL] [--queries 100000]
 
 Creates a scratch database on the server at ``--url`` (default ``$STAGEROUTE_DB_URL``, else the
 embedded server), migrates it, and writes a backtest-sized batch (``--queries`` routing

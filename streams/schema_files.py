@@ -4,8 +4,8 @@ One file per type, ``<type>.v<schema_version>.json`` (e.g. ``model_arrived.v1.js
 sorted, 2-space indent, trailing newline, so that the files diff cleanly. The directory holds
 generated files only: stale ``*.json`` files are deleted on write and reported by the check.
 
-    python -m schemas.export            # (re)write the files
-    python -m schemas.export --check    # exit 1 listing files that differ from the models (CI)
+    python -m streams.schema_files            # (re)write the files
+    python -m streams.schema_files --check    # exit 1 listing files that differ (CI)
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+import schemas
 from schemas.base import ContractModel
 from schemas.decisions import DECISION_TYPES
 from schemas.events import EVENT_TYPES
 
-SCHEMA_DIR: Final = Path(__file__).resolve().parent / "json"
+SCHEMA_DIR: Final = Path(schemas.__file__).resolve().parent / "json"
 _DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -68,7 +69,7 @@ def write(directory: Path = SCHEMA_DIR) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m schemas.export",
+        prog="python -m streams.schema_files",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in drifted:
             print(f"out of date: {SCHEMA_DIR / name}", file=sys.stderr)
         if drifted:
-            print("run: python -m schemas.export", file=sys.stderr)
+            print("run: python -m streams.schema_files", file=sys.stderr)
         return 1 if drifted else 0
     for name in write():
         print(f"updated: {SCHEMA_DIR / name}")

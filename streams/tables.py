@@ -1,9 +1,9 @@
-"""File adapters: reward tables (RouterBench CSV, CSV.gz, Parquet) and JSONL event logs.
+"""Reward tables from files: RouterBench CSV, CSV.gz and Parquet.
 
 A reward table has one row per prompt and, per model, a score in [0, 1] and a cost in USD.
 Two column conventions are read:
 
-- ``<model>|score`` + ``<model>|cost`` (the bundled ``stageroute/data`` table);
+- ``<model>|score`` + ``<model>|cost`` (the bundled ``streams/data`` table);
 - ``<model>`` (score) + ``<model>|total_cost`` (the original RouterBench naming).
 
 A bare column is a model's score only when a cost column for that model exists; other
@@ -17,23 +17,20 @@ and/or the column, and what is wrong.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import os
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final
+from typing import IO, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:
-    from schemas import Event, EventRejected
+from stageroute.backtest.table import RewardTable
 
-__all__ = ["DataError", "RewardTable", "load_event_log", "load_table", "write_event_log"]
+__all__ = ["DataError", "RewardTable", "StrPath", "load_table"]
 
 FloatArray = npt.NDArray[np.float64]
 StrPath = str | os.PathLike[str]
@@ -46,7 +43,6 @@ _SCORE_SUFFIXES: Final = ("score",)
 _COST_SUFFIXES: Final = ("cost", "total_cost")
 # Cell texts read as a missing outcome, besides the blank cell (case-insensitive).
 _MISSING_TEXT: Final = frozenset({"", "nan", "na", "n/a", "null", "none"})
-_GZIP_MAGIC: Final = b"\x1f\x8b"
 
 
 class DataError(ValueError):
@@ -76,70 +72,6 @@ class DataError(ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, self.problem, self.line, self.column, self.row))
-
-
-@dataclass(frozen=True, eq=False)
-class RewardTable:
-    """Per-prompt outcomes of every model; ``scores``/``costs`` are (n_rows, n_models), read-only.
-
-    Equality is identity (arrays have no single truth value); compare fields explicitly.
-    """
-
-    models: tuple[str, ...]
-    sample_ids: tuple[str, ...]
-    tasks: tuple[str, ...]
-    """``eval_name`` of each row, ``""`` where the table has none."""
-    scores: FloatArray
-    """Score in [0, 1]; ``NaN`` = missing outcome."""
-    costs: FloatArray
-    """Cost in USD, finite and >= 0; ``NaN`` = missing."""
-    source: str = ""
-    """Where the table was read from."""
-
-    def __post_init__(self) -> None:
-        shape = (len(self.sample_ids), len(self.models))
-        for name in ("scores", "costs"):
-            array = np.array(getattr(self, name), dtype=np.float64)  # a private copy
-            if array.shape != shape:
-                raise ValueError(f"{name} has shape {array.shape}, expected {shape}")
-            array.setflags(write=False)
-            object.__setattr__(self, name, array)
-        if len(self.tasks) != shape[0]:
-            raise ValueError(f"{len(self.tasks)} tasks for {shape[0]} rows")
-        if len(set(self.models)) != len(self.models):
-            raise ValueError(f"duplicate model ids in {self.models}")
-        if np.any((self.scores < 0) | (self.scores > 1)):  # NaN compares False: allowed
-            raise ValueError("scores outside [0, 1]")
-        if np.any(np.isinf(self.costs) | (self.costs < 0)):
-            raise ValueError("costs must be finite and >= 0")
-
-    @property
-    def n_rows(self) -> int:
-        return len(self.sample_ids)
-
-    def mean_reward(self) -> FloatArray:
-        """Mean score per model (aligned with ``models``) over its non-missing rows."""
-        return _nanmean_columns(self.scores)
-
-    def mean_cost(self) -> FloatArray:
-        """Mean cost per model (aligned with ``models``) over its non-missing rows."""
-        return _nanmean_columns(self.costs)
-
-    def __repr__(self) -> str:
-        return f"RewardTable(source={self.source!r}, n_rows={self.n_rows}, models={self.models})"
-
-
-def _nanmean_columns(values: FloatArray) -> FloatArray:
-    present = ~np.isnan(values)
-    totals = np.where(present, values, 0.0).sum(axis=0)
-    # An all-missing column is NaN (0/0), silently: errstate is thread-safe, unlike
-    # silencing nanmean's RuntimeWarning through the global warnings filter.
-    with np.errstate(invalid="ignore"):
-        return np.asarray(totals / present.sum(axis=0), dtype=np.float64)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reward tables
 
 
 @dataclass(frozen=True)
@@ -378,80 +310,3 @@ def _texts(raw: _Raw, j: int | None) -> tuple[str, ...] | None:
     return tuple("" if cell is None else str(cell) for cell in raw.cells(j))
 
 
-# ---------------------------------------------------------------------------------------------
-# Event logs (JSONL, one event per line, optionally gzip-compressed)
-
-
-def load_event_log(path: StrPath) -> Iterator[tuple[int, Event | EventRejected]]:
-    """Decode a JSONL event log lazily: ``(line number, event or its EventRejected)``.
-
-    Line numbers are 1-based physical lines; blank lines are skipped. Gzip is detected from
-    the file's content, whatever its name. A missing or unreadable file raises ``DataError``
-    at once (not on the first ``next``); a bad line never stops the iteration.
-    """
-    from schemas import EventRejected, decode_event
-
-    name = os.fspath(path)
-    if not Path(name).is_file():
-        raise DataError(name, "no such file" if not Path(name).exists() else "not a regular file")
-
-    def decode() -> Iterator[tuple[int, Event | EventRejected]]:
-        try:
-            stream = _open_binary(name)
-        except OSError as exc:
-            raise DataError(name, f"unreadable: {exc}") from None
-        number = 0
-        with stream:
-            try:
-                for number, line in enumerate(stream, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        event = decode_event(line.rstrip(b"\r\n"))
-                    except EventRejected as rejected:
-                        yield number, rejected
-                    else:
-                        yield number, event
-            except (OSError, EOFError) as exc:  # a corrupt or truncated gzip stream
-                raise DataError(name, f"unreadable: {exc}", line=number + 1) from None
-
-    return decode()
-
-
-def _open_binary(name: str) -> gzip.GzipFile | BinaryIO:
-    with open(name, "rb") as probe:
-        gzipped = probe.read(2) == _GZIP_MAGIC
-    return gzip.open(name, "rb") if gzipped else open(name, "rb")
-
-
-def write_event_log(path: StrPath, events: Iterable[Event]) -> int:
-    """Write ``events`` as JSONL via ``schemas.encode``; gzip if the name ends in ``.gz``.
-
-    The file is replaced atomically (written beside it, then renamed), so a reader never sees
-    half a log. Returns the number of events written.
-    """
-    from schemas import encode
-
-    target = Path(path)
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-    count = 0
-    try:
-        with open(partial, "xb") as raw, _maybe_gzip(raw, target.name.endswith(".gz")) as out:
-            for event in events:
-                out.write(encode(event) + b"\n")  # compact JSON has no raw newline
-                count += 1
-        os.replace(partial, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
-    return count
-
-
-def _maybe_gzip(
-    raw: BinaryIO, gzipped: bool
-) -> contextlib.AbstractContextManager[gzip.GzipFile | BinaryIO]:
-    if not gzipped:
-        return contextlib.nullcontext(raw)
-    # mtime=0 and no file name in the header: the same events give the same bytes.
-    return gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)

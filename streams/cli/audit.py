@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stageroute.settings import Options, UsageError, non_negative_int, positive_int, text
+from streams.cli.settings import Options, UsageError, non_negative_int, positive_int, text
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run_command(opts: Options) -> int:
-    from streams.audit.sink import open_store
+    from streams.audit.recorder import open_store
 
     store = open_store(opts.get("db_url", text, None))
     action = opts.flags["action"]

@@ -1,1 +1,0 @@
-"""CLI sub-commands: thin wiring from options to the engine and the adapters."""
