@@ -26,6 +26,10 @@ def print_table(summary: dict[str, Any]) -> None:
         row["deploys_per_stage"] = len(row["deployments"]) / summary["stages"]
     cells = [[fmt.format(row[key]) if row.get(key) is not None else "-"
               for key, _, fmt in COLUMNS] for row in rows]
+    over = [bool(row.get("over_budget")) for row in rows]
+    budget_col = [key for key, _, _ in COLUMNS].index("budget_use")
+    for c, flagged in zip(cells, over):
+        c[budget_col] += " *" if flagged else "  "
     widths = [max(len(title), *(len(c[i]) for c in cells))
               for i, (_, title, _) in enumerate(COLUMNS)]
     print(f"\n{summary['horizon']:,} queries, {summary['stages']} stages, m_max "
@@ -37,6 +41,14 @@ def print_table(summary: dict[str, Any]) -> None:
     for c in cells:
         print("  ".join(v.rjust(w) if i else v.ljust(w)
                         for i, (v, w) in enumerate(zip(c, widths))))
+    if any(over):
+        print("* over budget: realised cost above budget + 2%; its % oracle is not a "
+              "like-for-like comparison")
+    infeasible = [f"{row['policy']} {row['budget_infeasible']:,}" for row in rows
+                  if row.get("budget_infeasible")]
+    if infeasible:
+        print(f"decisions with the budget below every deployed mix (routed to the cheapest): "
+              f"{', '.join(infeasible)}")
     for row in summary["policies"]:
         if row.get("run_id"):
             print(f"audit run {row['run_id']}: {row['policy']}")

@@ -122,6 +122,9 @@ def _verify(store: Any, run: dict[str, Any]) -> int:
                     store.routing_decisions(run_id), store.deployment_decisions(run_id))
     print(f"run {run_id}: {report.routing_checked} routing and {report.deployments_checked} "
           f"deployment decisions re-derived, {report.events_replayed} journal events replayed")
+    if report.ok and report.not_replayed:
+        print(f"re-derived: 0 mismatches; journal NOT replayed: {report.not_replayed}")
+        return 0
     if report.ok:
         print("verified: 0 mismatches")
         return 0

@@ -61,6 +61,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--m-max", help="models deployed at once (default 4)")
     p.add_argument("--beta", help="budget as a fraction of the highest mean model cost "
                    "(default 0.3)")
+    p.add_argument("--budget", help="budget in USD per query (instead of --beta)")
+    p.add_argument("--prices", choices=["known", "unknown"],
+                   help="known (default): each model arrives with its list price, its mean "
+                   "cost in the table, as the prior of its cost; unknown: costs are learned "
+                   "from feedback (the paper's setting), each model's first query being a "
+                   "probe of unknown cost")
     p.add_argument("--alpha", help="throughput share of every model (default 2 / m_max, capped "
                    "at 1): a model may take at most twice its fair share")
     p.add_argument("--gamma", help=f"confidence level in the radius (default {DEFAULT_GAMMA})")
@@ -68,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--feedback-delay", help="queries between a query and its feedback "
                    "(default 0)")
     p.add_argument("--no-pacing", action="store_const", const=True, default=None,
-                   dest="no_pacing", help="route with the nominal budget (no pacing on spend)")
+                   dest="no_pacing", help="route every query with the nominal budget (no "
+                   "budget ledger): realised spend may then exceed the budget")
     p.add_argument("--policies", help=f"comma-separated, from: {', '.join(sorted(POLICIES))} "
                    f"(default {DEFAULT_POLICIES}; the oracle always runs)")
     p.add_argument("--json", help="write a machine-readable summary here")
@@ -90,6 +97,7 @@ class Plan:
     policies: list[str]
     beta: float
     schedule_source: str
+    prices: str
 
 
 def plan(opts: Options) -> Plan:
@@ -99,7 +107,13 @@ def plan(opts: Options) -> Plan:
     horizon = opts.get("horizon", positive_int, 20_000)
     stages = opts.get("stages", positive_int, None)
     m_max = opts.get("m_max", positive_int, 4)
-    beta = opts.get("beta", positive_float, 0.3)
+    beta = opts.get("beta", positive_float, None)
+    budget_usd = opts.get("budget", positive_float, None)
+    if beta is not None and budget_usd is not None:
+        raise UsageError("--beta and --budget: give one of them, not both")
+    prices = opts.get("prices", text, "known")
+    if prices not in ("known", "unknown"):
+        raise UsageError(f"--prices: expected known or unknown, got {prices!r}")
     alpha = opts.get("alpha", share, min(1.0, 2.0 / m_max))
     gamma = opts.get("gamma", positive_float, DEFAULT_GAMMA)
     seed = opts.get("seed", any_int, 0)
@@ -121,14 +135,22 @@ def plan(opts: Options) -> Plan:
     mean_cost = table.mean_cost()
     if not np.isfinite(mean_cost).any():
         raise UsageError(f"{table.source}: no model has a cost")
+    dearest = float(np.nanmax(mean_cost))
+    if budget_usd is None:
+        beta = 0.3 if beta is None else beta
+        budget_usd = beta * dearest
+    else:
+        beta = budget_usd / dearest
     config = EngineConfig(
-        m_max=m_max, budget=beta * float(np.nanmax(mean_cost)), gamma=gamma,
+        m_max=m_max, budget=budget_usd, gamma=gamma,
         cost_ceiling=float(np.nanmax(table.costs)), seed=seed,
-        budget_pacing=not opts.get("no_pacing", flag, False))
+        budget_control=not opts.get("no_pacing", flag, False))
     rows = (iid_rows(table.n_rows, horizon, seed) if order == "iid"
             else np.arange(horizon) % table.n_rows)
-    return Plan(table, scenario, Stream(rows, scenario, alpha, delay), config, names, beta,
-                source)
+    list_prices = (None if prices == "unknown" else
+                   {m: float(c) for m, c in zip(table.models, mean_cost) if np.isfinite(c)})
+    stream = Stream(rows, scenario, alpha, list_prices, delay)
+    return Plan(table, scenario, stream, config, names, beta, source, prices)
 
 
 def _scenario(path: str | None, table: RewardTable, horizon: int,
@@ -188,7 +210,8 @@ def _summary(p: Plan, oracle: RunResult, results: list[RunResult]) -> dict[str, 
         "alpha": p.stream.default_alpha,
         "gamma": p.config.gamma,
         "seed": p.config.seed,
-        "budget_pacing": p.config.budget_pacing,
+        "budget_control": p.config.budget_control,
+        "prices": p.prices,
         "oracle": oracle.summary(None),
         "policies": [r.summary(oracle) for r in results],
     }

@@ -89,3 +89,29 @@ def test_export_and_decision_queries(backtest_run: dict[str, Any]) -> None:
     missing = cli("audit", "--db-url", db, "show", "00000000-0000-0000-0000-000000000000",
                   cwd=cwd)
     assert missing.returncode == 2 and "no run" in missing.stderr
+
+
+def test_a_budget_below_every_model_routes_the_cheapest_and_verifies(migrated_db: str,
+                                                                      tmp_path: Path) -> None:
+    # $0.00005 per query is below every bundled model's mean cost: the defined outcome is the
+    # cheapest mix, flagged, counted, and as auditable as any other decision.
+    summary_file = tmp_path / "summary.json"
+    result = cli("backtest", "--quiet", "--horizon", "1500", "--budget", "0.00005",
+                 "--policies", "stageroute,stageroute_paper", "--db-url", migrated_db,
+                 "--json", str(summary_file), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(summary_file.read_text())
+    oracle, (ours, paper) = summary["oracle"], summary["policies"]
+    assert ours["budget_infeasible"] == oracle["budget_infeasible"] == 1500
+    assert ours["avg_cost"] == pytest.approx(oracle["avg_cost"])  # the least anyone can spend
+    assert ours["over_budget"] and paper["over_budget"]
+    assert "over budget" in result.stdout and "below every deployed mix" in result.stdout
+    with make_engine(migrated_db).connect() as conn:
+        statuses = conn.execute(text(
+            "SELECT status, count(*) FROM routing_decisions WHERE run_id = :r GROUP BY status"),
+            {"r": ours["run_id"]}).all()
+    assert dict(statuses) == {"budget_infeasible": 1500}
+    for run in (ours, paper):
+        verified = cli("audit", "--db-url", migrated_db, "verify", run["run_id"], cwd=tmp_path)
+        assert verified.returncode == 0, verified.stderr
+        assert "verified: 0 mismatches" in verified.stdout
