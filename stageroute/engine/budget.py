@@ -86,13 +86,19 @@ def plan(ledger: Ledger, budget: float, cost: list[float], risk: list[float],
     charges for it (``ModelStats.risk``: the estimate, or the probe's terms while the cost is
     unknown), ``alpha`` its share.
     """
-    if budget < cheapest_mix_cost(cost, alpha):
+    by_cost = sorted(range(len(cost)), key=cost.__getitem__)
+    cheapest = cheapest_mix_cost(cost, alpha, by_cost)
+    if budget < cheapest:
         return Plan(alpha, budget, True)
     n, committed = ledger.routed, ledger.committed
     headroom = (1.0 + overdraft) * budget * (n + 1) - committed
-    caps = [a if r <= headroom else 0.0 for a, r in zip(alpha, risk)]
-    if sum(caps) < min(1.0, sum(alpha)) * (1.0 - 1e-12):
-        # The affordable models cannot carry all traffic within their shares.
-        return Plan(alpha, cheapest_mix_cost(cost, alpha), False)
+    if max(risk) > headroom:
+        caps = [a if r <= headroom else 0.0 for a, r in zip(alpha, risk)]
+        if sum(caps) < min(1.0, sum(alpha)) * (1.0 - 1e-12):
+            # The affordable models cannot carry all traffic within their shares.
+            return Plan(alpha, cheapest, False)
+        cheapest = cheapest_mix_cost(cost, caps, by_cost)
+    else:
+        caps = alpha
     paced = (1.0 - reserve) * budget + (budget * n - committed) / window
-    return Plan(caps, max(min(paced, headroom), cheapest_mix_cost(cost, caps)), False)
+    return Plan(caps, max(min(paced, headroom), cheapest), False)

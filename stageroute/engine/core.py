@@ -132,7 +132,7 @@ def _on_query(state: EngineState, event: Query, seq: int, outputs: list[Output])
     chosen = deployed[index]
     estimate = scores.cost[index]
     state.ledger.commit(estimate)
-    chosen.pending += 1
+    chosen.add_pending(1)
     if chosen.price is None and chosen.n == 0:
         state.route_cache = None  # a probe went out: the ledger now charges cost_max for it
     state.queries[query_id] = QueryRecord(chosen.model_id, event.time, estimate)
@@ -181,7 +181,7 @@ def _on_feedback(state: EngineState, event: Feedback) -> None:
                        f"to {record.model_id!r}")
     record.answered = True
     model = state.models[record.model_id]
-    model.pending -= 1
+    model.add_pending(-1)
     model.observe(event.reward, event.cost)
     _refresh(state, model)
     state.ledger.settle(record.estimate, event.cost)
@@ -200,7 +200,7 @@ def _forget(state: EngineState, query_id: str, record: QueryRecord) -> None:
     """A query leaves tracking: its feedback will no longer be accepted.  Its cost estimate
     stays committed in the ledger (assumed spent)."""
     if not record.answered:
-        state.models[record.model_id].pending -= 1
+        state.models[record.model_id].add_pending(-1)
         state.route_cache = None
     state.counters["forgotten_queries"] += 1
 
