@@ -18,17 +18,20 @@ _PER_SEED = frozenset({"seed", "deployments", "run_id"})
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One row from the per-seed rows of one policy (same keys, seed order)."""
+    """One row from the per-seed rows of one policy (in seed order; a key missing from some
+    rows counts as None there)."""
     if not rows:
         raise ValueError("no rows to aggregate")
     first = rows[0]
     out: dict[str, Any] = {"policy": first["policy"], "seeds": [r["seed"] for r in rows],
                            "run_ids": [r.get("run_id") for r in rows],
                            "run_id": first.get("run_id") if len(rows) == 1 else None}
-    for key, value in first.items():
+    keys = dict.fromkeys(k for r in rows for k in r)  # every key, in first-seen order
+    for key in keys:
         if key in _PER_SEED or key in out:
             continue
         values = [r.get(key) for r in rows]
+        value = next((v for v in values if v is not None), None)
         if isinstance(value, bool):
             out[key] = any(bool(v) for v in values)
         elif isinstance(value, int | float):

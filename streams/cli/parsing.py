@@ -47,6 +47,8 @@ def add_command(sub: SubParsers[Any], name: str, *, database: bool = False,
     parents = ([GLOBAL, DATABASE, EMBEDDED] if database else [GLOBAL, EMBEDDED] if embedded
                else [GLOBAL])
     kwargs.setdefault("formatter_class", HelpFormatter)
+    if "help" in kwargs:  # `stageroute X --help` says what X does, as the list of commands does
+        kwargs.setdefault("description", kwargs["help"][0].upper() + kwargs["help"][1:] + ".")
     return sub.add_parser(name, parents=parents, **kwargs)  # type: ignore[no-any-return]
 
 

@@ -2,8 +2,11 @@
 
 ``pg_url`` is the server: ``$STAGEROUTE_TEST_DB_URL`` if set (any database on a server where
 the user may create databases), else the repo's development server, started with
-``infra/postgres.sh start`` (idempotent; it is left running for the next session, stop it
-with ``infra/postgres.sh stop``). No mocks.
+``infra/postgres.sh start``. No mocks.
+
+A service the tests started is stopped when the session ends (one that was already running is
+left as it was); ``STAGEROUTE_KEEP_SERVICES=1`` keeps them up for the next session, which
+then starts faster.
 """
 
 from __future__ import annotations
@@ -24,12 +27,22 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_SH = REPO_ROOT / "infra" / "postgres.sh"
 
 
+def _started(script: Path, request: pytest.FixtureRequest) -> None:
+    """Stop ``script``'s service at the end of the session if it was not running before."""
+    running = subprocess.run([str(script), "status"], capture_output=True, timeout=60,
+                             check=False).returncode == 0
+    if not running and os.environ.get("STAGEROUTE_KEEP_SERVICES") != "1":
+        request.session.config.add_cleanup(lambda: subprocess.run(
+            [str(script), "stop"], capture_output=True, timeout=120, check=False))
+
+
 @pytest.fixture(scope="session")
-def pg_url() -> str:
+def pg_url(request: pytest.FixtureRequest) -> str:
     """URL of a database on a running PostgreSQL server."""
     url = os.environ.get("STAGEROUTE_TEST_DB_URL")
     if url:
         return url
+    _started(POSTGRES_SH, request)
     proc = subprocess.run([str(POSTGRES_SH), "start"], capture_output=True, text=True,
                           timeout=300, check=False)
     if proc.returncode != 0:
@@ -66,13 +79,14 @@ KAFKA_SH = REPO_ROOT / "infra" / "kafka.sh"
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
+def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
     """Bootstrap address of a running Kafka broker: ``$STAGEROUTE_TEST_KAFKA`` if set, else the
-    repo's KRaft broker, started with ``infra/kafka.sh start`` (idempotent; port from
-    ``$STAGEROUTE_KAFKA_PORT``; left running, stop it with ``infra/kafka.sh stop``)."""
+    repo's KRaft broker, started with ``infra/kafka.sh start`` (port from
+    ``$STAGEROUTE_KAFKA_PORT``; stopped at the end unless it was running before)."""
     address = os.environ.get("STAGEROUTE_TEST_KAFKA")
     if address:
         return address
+    _started(KAFKA_SH, request)
     proc = subprocess.run([str(KAFKA_SH), "start"], capture_output=True, text=True,
                           timeout=300, check=False)
     if proc.returncode != 0:
