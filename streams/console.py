@@ -4,6 +4,7 @@ the speed and the audit run ids."""
 from __future__ import annotations
 
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,7 @@ COLUMNS = [("avg_reward", "reward", "{:.4f}"), ("avg_cost", "cost $", "{:.6f}"),
 SPREAD = {"avg_reward": "{:.4f}", "budget_use": "{:.1%}", "pct_of_oracle": "{:.1f}",
           "regret": "{:,.0f}"}
 OVER_BUDGET_MARK = "!"
+WIDTH = 92  # the table's own width, about
 
 
 @contextmanager
@@ -70,10 +72,10 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
 
     seed_text = (f"seed {seeds[0]}" if len(seeds) == 1
                  else f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), mean ± sd")
-    header = (f"{summary['horizon']:,} queries x {seed_text}; {summary['stages']} stages, "
-              f"m_max {summary['m_max']}, alpha {summary['alpha']:g}, budget "
-              f"${summary['budget']:.6f}/query (beta {summary['beta']:g}), gamma "
-              f"{summary['gamma']:g}; {summary['scenario']}")
+    header = (f"{summary['horizon']:,} queries x {seed_text}; {summary['scenario']}; "
+              f"{summary['stages']} stages, m_max {summary['m_max']}, alpha "
+              f"{summary['alpha']:g}, budget ${summary['budget']:.6f}/query (beta "
+              f"{summary['beta']:g}), gamma {summary['gamma']:g}")
     return [header, line(titles), *(line(c) for c in cells)]
 
 
@@ -102,17 +104,20 @@ def legend_lines(summary: dict[str, Any]) -> list[str]:
 def print_table(summary: dict[str, Any], out: Any = None) -> None:
     out = out or sys.stdout
     rows = [summary["oracle"], *summary["policies"]]
-    for line in table_lines(summary):
+    header, *table = table_lines(summary)
+    print(textwrap.fill(header, WIDTH, subsequent_indent="  "), file=out)
+    for line in table:
         print(line, file=out)
     print("", file=out)
     for line in legend_lines(summary):
-        print(line, file=out)
+        print(textwrap.fill(line, WIDTH, subsequent_indent="  "), file=out)
     speeds = " · ".join(f"{r['policy']} {r['queries_per_second']:,.0f}" for r in rows
                         if r.get("queries_per_second") is not None)
     audited = any(r.get("run_ids") and r["run_ids"][0] for r in rows)
     if speeds:
-        print(f"speed, queries/s per process{' (audit writes included)' if audited else ''}: "
-              f"{speeds}", file=out)
+        print(textwrap.fill(f"speed, queries/s per process"
+                            f"{' (audit writes included)' if audited else ''}: {speeds}",
+                            WIDTH, subsequent_indent="  "), file=out)
     if audited:
         print("", file=out)
         print("audit runs (stageroute audit verify RUN; the first 8 characters are enough):",

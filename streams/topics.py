@@ -151,7 +151,8 @@ def describe(bootstrap: str) -> dict[str, int]:
     ``NoBrokersAvailable``, when the broker cannot be reached)."""
     admin: Any = _admin(bootstrap, "stageroute-topics")
     try:
-        return {t["topic"]: len(t["partitions"]) for t in admin.describe_topics()
-                if not t.get("error_code")}
+        # kafka-python 3 names the key "name", 2.x "topic".
+        return {t.get("name") or t["topic"]: len(t["partitions"])
+                for t in admin.describe_topics() if not t.get("error_code")}
     finally:
         admin.close()

@@ -37,6 +37,8 @@ def add_parser(sub: SubParsers[Any]) -> None:
     show = _with_run(add_command(actions, "show", database=True,
                                  help="a run's name, config and summary"))
     show.add_argument("--json", action="store_true", help="the whole run record as JSON")
+    show.add_argument("--engine-config", action="store_true", help="only the run's engine "
+                      "configuration, as JSON (what worker --engine-config takes)")
     dec = _with_run(add_command(actions, "decisions", database=True,
                                 help="routing decisions of a run (or a query/stage), as JSON "
                                      "lines"))
@@ -71,6 +73,9 @@ def run_command(opts: Options) -> int:
     target = opts.get("to", output_file(".csv"), None) if action == "export" else None
     run = find_run(store, opts)
     if action == "show":
+        if opts.flags.get("engine_config"):
+            print(json.dumps(run["config"]))
+            return 0
         return _show(run, bool(opts.flags.get("json")))
     if action == "decisions":
         return _decisions(store, run, opts)
@@ -99,14 +104,14 @@ def _runs(store: Any, opts: Options) -> int:
     if not runs:
         print("no runs yet (run: stageroute backtest)")
         return 0
-    print(f"{'run':8}  {'created (UTC)':19}  {'kind':8}  {'name / backtest':16}  "
+    print(f"{'run':8}  {'created (UTC)':19}  {'kind':8}  {'name / backtest':17}  "
           f"{'domain':10}  {'policy':14}  {'seed':>4}  {'status':11}  {'queries':>9}  "
           f"{'reward':>7}  {'% oracle':>8}")
     for r in runs:
         summary = r.get("summary") or {}
         label = r["name"] or (f"backtest {r['invocation_id'][:8]}" if r["invocation_id"]
                               else "-")
-        print(f"{r['run_id'][:8]}  {_utc(r['created_at'])}  {r['kind']:8}  {label:16}  "
+        print(f"{r['run_id'][:8]}  {_utc(r['created_at'])}  {r['kind']:8}  {label:17}  "
               f"{r['domain']:10}  {r['policy']:14}  {r['seed']:>4}  {r['status']:11}  "
               f"{_num(summary.get('queries'), '{:,}'):>9}  "
               f"{_num(summary.get('avg_reward'), '{:.4f}'):>7}  "

@@ -18,6 +18,7 @@ from stageroute.backtest.scenario import Scenario, ScenarioError, all_live, pars
 from stageroute.backtest.seeds import aggregate
 from stageroute.engine import EngineConfig
 from stageroute.policies import POLICIES
+from streams.backtest import default_jobs
 from streams.cli.parsing import SubParsers, add_command
 from streams.cli.settings import (
     Options,
@@ -113,6 +114,7 @@ class Plan:
     warnings: list[SettingWarning]
     json_path: Path | None
     report_path: Path | None
+    jobs: int
 
     @property
     def config(self) -> EngineConfig:
@@ -143,6 +145,7 @@ def plan(opts: Options) -> Plan:
                          f"choose from {', '.join(sorted(set(POLICIES) - {'oracle'}))}")
     if len(set(names)) != len(names):
         raise UsageError(f"--policies: {','.join(names)} names a policy twice")
+    jobs = opts.get("jobs", whole(1, 64), default_jobs(len(seeds) * (len(names) + 1)))
     table = load_table(data or BUNDLED_TABLE)
     try:
         scenario, source = _scenario(opts.get("scenario", text, None), table, horizon, stages)
@@ -165,7 +168,7 @@ def plan(opts: Options) -> Plan:
     warnings = check_settings(scenario, costs, m_max=m_max, budget=base.budget,
                               default_alpha=alpha)
     return Plan(table, scenario, streams, configs, names, seeds, beta, order, delay, source,
-                warnings, json_path, report_path)
+                warnings, json_path, report_path, jobs)
 
 
 def _seeds(opts: Options) -> list[int]:
@@ -212,7 +215,6 @@ def run_command(opts: Options) -> int:
         print(f"stageroute backtest: warning: {warning.message}", file=sys.stderr)
     tasks = tuple(runs.Task(seed, policy) for seed in p.seeds
                   for policy in ("oracle", *p.policies))
-    jobs = opts.get("jobs", whole(1, 64), runs.default_jobs(len(tasks)))
     store = None
     invocation_id = str(uuid.uuid4())
     if not opts.get("no_audit", flag, False):
@@ -226,7 +228,7 @@ def run_command(opts: Options) -> int:
                    invocation_id if store else None, meta)
     try:
         with progress_line(len(tasks), quiet=bool(opts.flags.get("quiet"))) as show:
-            results = runs.execute(job, jobs, show)
+            results = runs.execute(job, p.jobs, show)
     except KeyboardInterrupt:
         if store is not None:
             count = store.interrupt_invocation(invocation_id)

@@ -70,6 +70,15 @@ def test_topics_create_is_idempotent(kafka_bootstrap: str, prefix: str) -> None:
     again = _cli("topics", "create", "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("exists ") == 8
+    listing = _cli("topics", "list", "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.count("1 partition(s)") == 8
+
+
+def test_topics_list_asks_the_broker(kafka_bootstrap: str, prefix: str) -> None:
+    listing = _cli("topics", "list", "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.count("missing (stageroute topics create)") == 8
 
 
 def test_publish_sends_good_lines_reports_bad_ones_and_exits_2(kafka_bootstrap: str,
