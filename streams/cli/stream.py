@@ -209,7 +209,6 @@ def _worker(opts: Options) -> int:
     from pydantic import ValidationError
 
     from stageroute.engine import EngineConfig
-    from streams import topics
     from streams.live.app import WorkerSettings, run_worker
 
     path = opts.get("engine_config", text, None)
@@ -224,13 +223,7 @@ def _worker(opts: Options) -> int:
         first = exc.errors()[0]
         raise UsageError(f"--engine-config {path}: {'.'.join(map(str, first['loc']))}: "
                          f"{first['msg']} ({exc.error_count()} error(s))") from None
-    bootstrap = opts.get("bootstrap", text, DEFAULT_BOOTSTRAP)
-    names = _names(opts)
-    present = _service(lambda: topics.describe(bootstrap), bootstrap)
-    missing = [n for n in names.all if n not in present]
-    if missing:
-        raise UsageError(f"topics missing on the broker at {bootstrap}: {', '.join(missing)} "
-                         "(run: stageroute topics create)")
+    bootstrap = _ready_broker(opts)
     store = audit_store(opts)
     settings = WorkerSettings(
         bootstrap=bootstrap,
@@ -265,7 +258,7 @@ def _publish(opts: Options) -> int:
         handle = publisher.open_input(source)
     except OSError as exc:
         raise UsageError(f"{source}: cannot read ({exc.strerror})") from None
-    bootstrap = opts.get("bootstrap", text, DEFAULT_BOOTSTRAP)
+    bootstrap = _ready_broker(opts)
     producer = _service(lambda: publisher.make_producer(bootstrap), bootstrap)
     try:
         with handle:
@@ -310,7 +303,7 @@ def _replay(opts: Options) -> int:
         items = ((n, e if not isinstance(e, Exception) else _raw(e))
                  for n, e in load_event_log(log))
         source = log
-    bootstrap = opts.get("bootstrap", text, DEFAULT_BOOTSTRAP)
+    bootstrap = _ready_broker(opts)
     producer = _service(lambda: publisher.make_producer(bootstrap), bootstrap)
     pacer = publisher.EventTimePacer(speed) if pace == "event-time" else None
     try:
@@ -342,6 +335,20 @@ def _report(report: Any, source: str) -> int:
 def _check_choice(where: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _ready_broker(opts: Options) -> str:
+    """The bootstrap address, once the broker answered (within seconds, else exit 3) and
+    has every topic (else exit 2, naming the missing ones)."""
+    from streams import topics
+
+    bootstrap = opts.get("bootstrap", text, DEFAULT_BOOTSTRAP)
+    present = _service(lambda: topics.describe(bootstrap), bootstrap)
+    missing = [n for n in _names(opts).all if n not in present]
+    if missing:
+        raise UsageError(f"topics missing on the broker at {bootstrap}: {', '.join(missing)} "
+                         "(run: stageroute topics create)")
+    return str(bootstrap)
 
 
 def _service(call: Any, bootstrap: str) -> Any:

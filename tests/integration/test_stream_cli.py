@@ -116,3 +116,12 @@ def test_replay_publishes_a_log_in_order(kafka_bootstrap: str, prefix: str,
     assert done.returncode == 0, done.stderr
     got = _read(kafka_bootstrap, topics.TopicNames(prefix).events)
     assert got == [e.model_dump(mode="json") for e in log]
+
+
+def test_publish_before_topics_create_says_what_to_run(kafka_bootstrap: str, prefix: str,
+                                                       tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"type": "query", "time": 1, "query_id": "q1"}\n')
+    done = _cli("publish", str(events), "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{prefix}.events" in done.stderr and "stageroute topics create" in done.stderr
