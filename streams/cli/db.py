@@ -21,6 +21,7 @@ or in --embedded-pg-dir / STAGEROUTE_EMBEDDED_PG_DIR. It listens on a Unix socke
   stageroute db url       start it (if needed) to stay up; print a URL for psql and SQLAlchemy
   stageroute db info      where it is, how big, whether it runs
   stageroute db stop      stop it
+  stageroute db reset     stop it and delete its data directory (every run in it)
 
 Example: psql "$(stageroute db url)" -c 'SELECT * FROM run_summaries LIMIT 5'
 """
@@ -41,6 +42,10 @@ def add_parser(sub: SubParsers[Any]) -> None:
                        help="where the embedded database is, how big, whether it runs")
     info.add_argument("--json", action="store_true", help="as JSON")
     add_command(actions, "stop", embedded=True, help="stop the embedded database server")
+    reset = add_command(actions, "reset", embedded=True,
+                        help="stop the embedded database and delete its data directory")
+    reset.add_argument("--yes", action="store_true",
+                       help="really delete every run in it (required)")
     p.set_defaults(handler=run_command)
 
 
@@ -58,6 +63,8 @@ def run_command(opts: Options) -> int:
         upgrade(url)  # the views and tables exist before anyone queries them
         print(url)
         return 0
+    if action == "reset":
+        return _reset(embedded, data_dir, bool(opts.flags.get("yes")))
     if action == "stop":
         stopped = embedded.stop_embedded(data_dir)
         where = embedded.data_dir_path(data_dir)
@@ -79,6 +86,22 @@ def run_command(opts: Options) -> int:
              else "running (while a command uses it)" if info.running else "not running")
     print(f"server          {state}")
     print(f"url             {info.url or '- (stageroute db url starts it)'}")
+    return 0
+
+
+def _reset(embedded: Any, data_dir: str | None, confirmed: bool) -> int:
+    import shutil
+
+    info = embedded.embedded_info(data_dir)
+    if not info.exists:
+        print(f"no embedded database in {info.data_dir}")
+        return 0
+    if not confirmed:
+        raise UsageError(f"this deletes {info.data_dir} ({_size(info.size_bytes)}, every run "
+                         "in it); add --yes to do it")
+    embedded.stop_embedded(data_dir)
+    shutil.rmtree(info.data_dir)
+    print(f"deleted {info.data_dir}")
     return 0
 
 

@@ -58,6 +58,10 @@ def test_db_url_keeps_the_server_up_for_psql_and_sqlalchemy(db_dir: Path) -> Non
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     after = json.loads(stageroute("db", "info", "--json", env_dir=db_dir).stdout)
     assert not after["running"] and after["url"] is None
+    refused = stageroute("db", "reset", env_dir=db_dir)
+    assert refused.returncode == 2 and "--yes" in refused.stderr and db_dir.exists()
+    assert stageroute("db", "reset", "--yes", env_dir=db_dir).returncode == 0
+    assert not db_dir.exists()
 
 
 def test_default_place_is_per_user_not_per_directory(tmp_path: Path) -> None:
