@@ -11,6 +11,7 @@ and ``audit runs --db-url X``.
 from __future__ import annotations
 
 import argparse
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,7 +38,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions keep their paragraphs; option lists are wide enough to read."""
 
     def __init__(self, prog: str) -> None:
-        super().__init__(prog, max_help_position=32, width=100)
+        columns = shutil.get_terminal_size((100, 24)).columns
+        super().__init__(prog, max_help_position=32, width=max(60, min(100, columns - 2)))
 
 
 def add_command(sub: SubParsers[Any], name: str, *, database: bool = False,
