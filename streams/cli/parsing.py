@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import textwrap
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,12 +35,32 @@ EMBEDDED = _parent(("--embedded-pg-dir", "DIR", "data directory of the embedded 
                     "(default: one per user; see: stageroute db info)"))
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions keep their paragraphs; option lists are wide enough to read."""
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions are wrapped to the terminal paragraph by paragraph; indented lines
+    (examples, lists) are kept as written. At most 100 columns."""
 
     def __init__(self, prog: str) -> None:
         columns = shutil.get_terminal_size((100, 24)).columns
         super().__init__(prog, max_help_position=32, width=max(60, min(100, columns - 2)))
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out: list[str] = []
+        for paragraph in text.strip("\n").split("\n\n"):
+            lines: list[str] = []
+            prose: list[str] = []
+            for line in [*paragraph.splitlines(), " "]:  # a sentinel flushes the prose
+                if line.startswith(" "):
+                    if prose:
+                        lines.append(textwrap.fill(" ".join(prose), width, initial_indent=indent,
+                                                   subsequent_indent=indent,
+                                                   break_on_hyphens=False))
+                        prose = []
+                    if line.strip():
+                        lines.append(indent + line)
+                else:
+                    prose.append(line.strip())
+            out.append("\n".join(lines))
+        return "\n\n".join(out)
 
 
 def add_command(sub: SubParsers[Any], name: str, *, database: bool = False,
