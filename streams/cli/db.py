@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from streams.audit.db import normalize_url
 from streams.cli.parsing import SubParsers, add_command
-from streams.cli.settings import Options, UsageError, text
+from streams.cli.settings import Options, UsageError, database_url, text
 
 DESCRIPTION = """\
 The embedded PostgreSQL that holds the audit trail when no --db-url / STAGEROUTE_DB_URL is
@@ -31,9 +32,9 @@ def add_parser(sub: SubParsers[Any]) -> None:
     p = add_command(sub, "db", embedded=True, description=DESCRIPTION,
                     help="the embedded audit database: url, info, stop")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    url = add_command(actions, "url", embedded=True,
+    url = add_command(actions, "url", database=True,
                       help="start the embedded database to stay up (until db stop) and print "
-                           "its URL")
+                           "its URL; with --db-url or STAGEROUTE_DB_URL set, print that one")
     url.add_argument("--sqlalchemy", action="store_true", help="print the "
                      "postgresql+psycopg:// form SQLAlchemy needs for psycopg 3 (the default "
                      "postgresql:// form is libpq's: psql, psycopg, and SQLAlchemy with "
@@ -55,13 +56,14 @@ def run_command(opts: Options) -> int:
     data_dir = opts.get("embedded_pg_dir", text, None)
     action = opts.flags["action"]
     if action == "url":
-        url = embedded.start_embedded(data_dir, keep_running=True)
-        if not opts.flags.get("sqlalchemy"):
-            url = url.replace(embedded.DRIVER + "://", "postgresql://", 1)
         from streams.audit.migrate import upgrade
 
+        # The database the other commands use: the configured one, else the embedded one.
+        url = (opts.get("db_url", database_url, None)
+               or embedded.start_embedded(data_dir, keep_running=True))
         upgrade(url)  # the views and tables exist before anyone queries them
-        print(url)
+        form = embedded.DRIVER if opts.flags.get("sqlalchemy") else "postgresql"
+        print(normalize_url(url).set(drivername=form).render_as_string(hide_password=False))
         return 0
     if action == "reset":
         return _reset(embedded, data_dir, bool(opts.flags.get("yes")))

@@ -64,6 +64,17 @@ def test_db_url_keeps_the_server_up_for_psql_and_sqlalchemy(db_dir: Path) -> Non
     assert not db_dir.exists()
 
 
+def test_db_url_prints_the_configured_database_when_there_is_one(migrated_db: str,
+                                                                 tmp_path: Path) -> None:
+    result = stageroute("db", "url", "--db-url", migrated_db, env_dir=tmp_path / "unused")
+    assert result.returncode == 0, result.stderr
+    url = result.stdout.strip()
+    assert url.startswith("postgresql://") and url.endswith(migrated_db.rsplit("/", 1)[1])
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM run_summaries").fetchone() == (0,)
+    assert not (tmp_path / "unused").exists()  # the embedded database was not started
+
+
 def test_default_place_is_per_user_not_per_directory(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "STAGEROUTE_EMBEDDED_PG_DIR"}
     result = subprocess.run([sys.executable, "-m", "streams.cli", "db", "info", "--json"],
