@@ -2,14 +2,15 @@
 
     python -m bench.quality [--horizon 20000] [--seeds 5] [--gamma 0.5] [--m-max 4]
                             [--alpha 0.5] [--no-pacing] [--pacing-window W]
-                            [--json FILE]
+                            [--prices known|unknown] [--json FILE]
 
 For each beta in {0.3, 0.7} (budget = beta x the highest mean per-query model cost) and each
 seed 0..seeds-1 (the seed draws the rows i.i.d. and keys every routing draw), the oracle and the
-policies stageroute, greedy, random, epsilon_greedy, thompson, static and ucb_bwk run on the
-same stream (``stageroute.backtest.runner.run_all``): default schedule
+policies stageroute, stageroute_paper, greedy, random, epsilon_greedy, thompson, static and
+ucb_bwk run on the same stream (``stageroute.backtest.runner.run_all``): default schedule
 (``streams/data/default_schedule.json``), ``K = ceil(T^(1/3))`` equal stages, feedback right
-after each query, ``cost_ceiling`` = the largest single cost in the table.
+after each query, ``cost_ceiling`` = the largest single cost in the table, and (``--prices
+known``, the default) each model's mean cost in the table as its list price.
 
 Prints, per beta and policy, mean +- std over seeds of the realised average reward, its percent
 of the oracle's, budget use (realised average cost / budget), expected regret against the oracle
@@ -39,7 +40,8 @@ from stageroute.engine import EngineConfig
 from streams.data import BUNDLED_TABLE, DEFAULT_SCHEDULE
 from streams.tables import RewardTable, load_table
 
-POLICIES = ("stageroute", "greedy", "random", "epsilon_greedy", "thompson", "static", "ucb_bwk")
+POLICIES = ("stageroute", "stageroute_paper", "greedy", "random", "epsilon_greedy", "thompson",
+            "static", "ucb_bwk")
 BETAS = (0.3, 0.7)
 #: StageRoute's required realised reward, in percent of the oracle's, per beta.
 ORACLE_FLOOR = {0.3: 95.0, 0.7: 98.0}
@@ -55,12 +57,18 @@ def default_scenario(table: RewardTable, horizon: int, stages: int | None = None
 
 
 def base_config(table: RewardTable, beta: float, *, m_max: int, gamma: float, seed: int,
-                pacing: bool = True, pacing_window: int = 1000) -> EngineConfig:
+                pacing: bool = True, pacing_window: int | None = None) -> EngineConfig:
+    window = {} if pacing_window is None else {"pacing_window": pacing_window}
     return EngineConfig(
         policy="stageroute", m_max=m_max, budget=beta * float(table.mean_cost().max()),
         gamma=gamma, cost_ceiling=float(np.nanmax(table.costs)), seed=seed,
-        budget_pacing=pacing, pacing_window=pacing_window,
+        budget_control=pacing, **window,
     )
+
+
+def list_prices(table: RewardTable) -> dict[str, float]:
+    """Each model's mean cost in the table, as a published price list would give it."""
+    return {m: float(c) for m, c in zip(table.models, table.mean_cost()) if np.isfinite(c)}
 
 
 def _mean_std(values: list[float], fmt: str) -> str:
@@ -79,9 +87,11 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="throughput share of every model (default 0.5)")
     parser.add_argument("--no-pacing", action="store_true",
-                        help="EngineConfig.budget_pacing=False (ablation)")
-    parser.add_argument("--pacing-window", type=int, default=1000,
-                        help="queries over which overspend is repaid (default 1000)")
+                        help="EngineConfig.budget_control=False: no budget ledger (ablation)")
+    parser.add_argument("--pacing-window", type=int, default=None,
+                        help="queries over which an overrun is repaid (default: the engine's)")
+    parser.add_argument("--prices", choices=["known", "unknown"], default="known",
+                        help="list prices on arrivals (default known)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every run's summary")
     args = parser.parse_args()
 
@@ -92,7 +102,8 @@ def main() -> None:
     print(f"Decision quality: {table.n_rows} RouterBench rows, {len(table.models)} models, "
           f"default schedule, T = {horizon:,}, K = {len(scenario.stage_starts)} stages, "
           f"M_max = {args.m_max}, alpha = {args.alpha}, gamma = {args.gamma}, "
-          f"budget pacing {'on' if pacing else 'OFF'}, seeds {seeds[0]}..{seeds[-1]}")
+          f"budget ledger {'on' if pacing else 'OFF'}, prices {args.prices}, "
+          f"seeds {seeds[0]}..{seeds[-1]}")
     print(f"budget = beta x {float(table.mean_cost().max()):.3e} USD (highest mean model cost); "
           f"cost_ceiling = {float(np.nanmax(table.costs)):.3e} USD\n")
 
@@ -105,7 +116,8 @@ def main() -> None:
                 bar.set_description(f"beta={beta} seed={seed}")
                 config = base_config(table, beta, m_max=args.m_max, gamma=args.gamma, seed=seed,
                                      pacing=pacing, pacing_window=args.pacing_window)
-                stream = Stream(iid_rows(table.n_rows, horizon, seed), scenario, args.alpha)
+                stream = Stream(iid_rows(table.n_rows, horizon, seed), scenario, args.alpha,
+                                None if args.prices == "unknown" else list_prices(table))
                 oracle, results = run_all(table, stream, config, POLICIES, progress=bar.update,
                                           clock=time.perf_counter)
                 for result in (oracle, *results):
@@ -154,7 +166,8 @@ def main() -> None:
 
     if args.json:
         meta = {"horizon": horizon, "seeds": seeds, "gamma": args.gamma, "m_max": args.m_max,
-                "alpha": args.alpha, "budget_pacing": pacing, "betas": list(BETAS),
+                "alpha": args.alpha, "budget_control": pacing, "prices": args.prices,
+                "betas": list(BETAS),
                 "stages": len(scenario.stage_starts), "all_checks_pass": ok_all}
         args.json.write_text(json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
         print(f"wrote {args.json}")

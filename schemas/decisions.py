@@ -130,13 +130,17 @@ class RoutingDecision(DecisionBase):
     deployed: list[ModelId]
     """Deployed models considered (>= 1, distinct); the index order of the parallel lists."""
     mu_u: list[Probability]
-    """Reward upper confidence bound per deployed model."""
+    """Reward score per deployed model (StageRoute: the reward upper confidence bound)."""
     c_l: list[Usd]
-    """Cost lower confidence bound per deployed model, USD."""
-    alpha: list[Share]
-    """Throughput share cap per deployed model."""
+    """Cost score per deployed model in RouteOPT's budget constraint, USD: the cost estimate
+    (the price prior, then the observed mean), or the cost lower confidence bound for
+    ``stageroute_paper``."""
+    alpha: list[Probability]
+    """RouteOPT's cap per deployed model: its throughput share, or 0 where the budget ledger
+    could not afford the model for this query."""
     budget: Usd
-    """Average per-query cost budget b, USD."""
+    """The budget RouteOPT got for this query, USD: the ledger's paced budget, or the nominal
+    budget when the ledger is off."""
     p: list[Probability]
     """Routing probability per deployed model."""
     draw: UnitDraw

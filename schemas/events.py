@@ -86,6 +86,10 @@ class ModelArrived(EventBase):
     """Lower bound of the per-query cost in USD, if known."""
     cost_max: Usd | None = None
     """Upper bound of the per-query cost in USD, if known; >= cost_min when both are given."""
+    price: Usd | None = None
+    """Expected cost of one query in USD (the provider's list price times a typical query
+    length), if published: the prior of the model's cost, within [cost_min, cost_max] when
+    those are given. Without it the cost is learned from feedback."""
     metadata: dict[Text, MetadataValue] = Field(default_factory=dict)
     """Free-form descriptive attributes; not used for decisions."""
 
@@ -99,6 +103,17 @@ class ModelArrived(EventBase):
             raise PydanticCustomError(
                 "cost_range", "must be >= cost_min ({cost_min})", {"cost_min": cost_min}
             )
+        return value
+
+    @field_validator("price")
+    @classmethod
+    def _price_within_cost_range(cls, value: float | None, info: ValidationInfo) -> float | None:
+        low, high = info.data.get("cost_min"), info.data.get("cost_max")
+        if value is not None and ((low is not None and value < low)
+                                  or (high is not None and value > high)):
+            raise PydanticCustomError(
+                "price_range", "must be within [cost_min, cost_max] ({low}, {high})",
+                {"low": low, "high": high})
         return value
 
 

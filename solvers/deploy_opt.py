@@ -9,8 +9,10 @@ Program (StageRoute Eq. 3), over the N live candidates, with K = min(m_max, N)::
                 sum_m z_m <= K,  z_m in {0, 1}                  (5) concurrency limit
 
 The deployment set is the support of ``d`` (``z`` where ``d > 0``); ``d`` itself is not used for
-routing.  When the optimum needs fewer than K models the free slots are filled most optimistic
-first: highest ``mu``, then lowest ``c``, then lowest index.  Filling costs nothing (``d = 0``
+routing.  When the optimum needs fewer than K models the free slots are filled first with the
+models that cost at most the budget, most optimistic first (highest ``mu``, then lowest ``c``,
+then lowest index), then with the rest, cheapest first: a free slot helps routing only with a
+model it can afford, and an unaffordable one can only add spend.  Filling costs nothing (``d = 0``
 there) and can only help routing, whose feasible set grows with the deployed set.  So exactly K
 models are always deployed.
 
@@ -90,7 +92,7 @@ def deploy_opt(
     d[list(support)] = d_support
     if not caps_ok:
         status = CAPS_BUDGET_INFEASIBLE if status == BUDGET_INFEASIBLE else CAPS_INFEASIBLE
-    selected = _fill_slots(support, mu, cost, k)
+    selected = _fill_slots(support, mu, cost, b, k)
     return DeploySolution(
         selected=selected,
         d=d,
@@ -190,11 +192,14 @@ def _mip_support(
             if z_i.solution_value() > 0.5 and d_i.solution_value() > _SUPPORT_TOL]
 
 
-def _fill_slots(support: list[int], mu: list[float], cost: list[float], k: int) -> tuple[int, ...]:
-    """The support plus the most optimistic other models, up to exactly k, sorted."""
+def _fill_slots(support: list[int], mu: list[float], cost: list[float], b: float,
+                k: int) -> tuple[int, ...]:
+    """The support plus, up to exactly k, affordable models most optimistic first, then the
+    others cheapest first; sorted."""
     chosen = set(support)
     if len(chosen) < k:
         rest = sorted((i for i in range(len(mu)) if i not in chosen),
-                      key=lambda i: (-mu[i], cost[i], i))
+                      key=lambda i: (False, -mu[i], cost[i], i) if cost[i] <= b
+                      else (True, cost[i], -mu[i], i))
         chosen.update(rest[: k - len(chosen)])
     return tuple(sorted(chosen))

@@ -93,8 +93,8 @@ def validate_instance(
     if isinstance(budget, bool) or not isinstance(budget, (int, float, np.floating)):
         raise ValueError(f"budget: expected a number, got {type(budget).__name__}")
     b = float(budget)
-    if not math.isfinite(b) or b <= 0.0:
-        raise ValueError(f"budget: must be finite and > 0, got {budget!r}")
+    if not math.isfinite(b) or b < 0.0:
+        raise ValueError(f"budget: must be finite and >= 0, got {budget!r}")
     return mu, cost, caps, b
 
 
@@ -133,6 +133,15 @@ def solve_lists(
         p[j] = caps[j] if step == room else p[j] + step
         spent -= step * saving
     return p, ok
+
+
+def cheapest_mix_cost(cost: Sequence[float], caps: Sequence[float]) -> float:
+    """The least ``sum p c`` over ``sum p = 1, 0 <= p <= caps``: cheapest models filled first,
+    caps scaled by ``1 / sum(caps)`` when they sum below 1 (as ``solve_lists`` does)."""
+    total_cap = math.fsum(caps)
+    if total_cap < 1.0 - _REL_TOL:
+        caps = [a / total_cap for a in caps] if total_cap > 0.0 else [1.0] * len(caps)
+    return _fill(sorted(range(len(cost)), key=lambda k: (cost[k], k)), caps, cost)[1]
 
 
 def _least_rate_exchange(

@@ -8,6 +8,9 @@ Two independent checks over a run's stored rows:
    deployment ``selected == DeployOPT(mu_u, c_l, alpha, budget, m_max)`` with the same status.
 2. *Replay*: the journal's events, in sequence order, through a fresh engine with the run's
    config must reproduce exactly the stored decisions (every field), no more and no fewer.
+   This re-derives the engine's whole state along the way, the budget ledger included.  A run
+   made by an older engine version (``EngineConfig.engine_version``) cannot be replayed by
+   this one: its rows are still re-derived, and the report says the replay was not done.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from schemas import DeploymentDecision, RoutingDecision, decode_event
 from solvers import deploy_opt
 from solvers.route_opt import solve_lists
 from stageroute.engine import EngineConfig, apply, initial_state
+from stageroute.engine.config import ENGINE_VERSION
 from stageroute.policies import sample_index, uniform
 
 #: Decision fields that are not part of the decision itself.
@@ -32,6 +36,8 @@ class Report:
     deployments_checked: int = 0
     events_replayed: int = 0
     mismatches: list[str] = field(default_factory=list)
+    #: Why the journal was not replayed, if it was not.
+    not_replayed: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -101,6 +107,10 @@ def verify(config: EngineConfig, journal: Iterable[tuple[int, dict[str, Any]]],
             report.add(problem)
         stored["deployment"][row["seq"]] = row
 
+    if config.engine_version != ENGINE_VERSION:
+        report.not_replayed = (f"the run was made by engine version {config.engine_version}; "
+                               f"this is version {ENGINE_VERSION}")
+        return report
     produced = {"routing": set(), "deployment": set()}  # type: dict[str, set[Any]]
     try:
         for kind, key, fields in replay(config, _counting(journal, report)):

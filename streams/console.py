@@ -16,7 +16,7 @@ COLUMNS = [("avg_reward", "reward", "{:.4f}"), ("avg_cost", "cost $", "{:.6f}"),
 #: Spread shown (as ± standard deviation over seeds) for these columns.
 SPREAD = {"avg_reward": "{:.4f}", "budget_use": "{:.1%}", "pct_of_oracle": "{:.1f}",
           "regret": "{:,.0f}"}
-OVER_BUDGET_MARK = "!"
+OVER_BUDGET_MARK = "*"
 WIDTH = 92  # the table's own width, about
 
 
@@ -50,11 +50,9 @@ def _cell(row: dict[str, Any], key: str, fmt: str, spread: bool) -> str:
     sd = row.get(f"{key}_sd")
     if spread and key in SPREAD and sd is not None:
         cell += " ± " + SPREAD[key].format(sd).lstrip("-")
+    if key == "budget_use":  # marked when over budget (on any seed)
+        cell += f" {OVER_BUDGET_MARK}" if row.get("over_budget") else "  "
     return cell
-
-
-def _name(row: dict[str, Any]) -> str:
-    return row["policy"] + (f" {OVER_BUDGET_MARK}" if row.get("over_budget") else "")
 
 
 def table_lines(summary: dict[str, Any]) -> list[str]:
@@ -62,7 +60,7 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
     rows = [summary["oracle"], *summary["policies"]]
     seeds = summary["seeds"]
     spread = len(seeds) > 1
-    cells = [[_name(r), *(_cell(r, k, f, spread) for k, _, f in COLUMNS)] for r in rows]
+    cells = [[r["policy"], *(_cell(r, k, f, spread) for k, _, f in COLUMNS)] for r in rows]
     titles = ["policy", *(t for _, t, _ in COLUMNS)]
     widths = [max(len(t), *(len(c[i]) for c in cells)) for i, t in enumerate(titles)]
 
@@ -93,8 +91,14 @@ def legend_lines(summary: dict[str, Any]) -> list[str]:
         lines.append("± : standard deviation over the seeds; every figure is a mean over "
                      "them.")
     if any(r.get("over_budget") for r in summary["policies"]):
-        lines.append(f"{OVER_BUDGET_MARK} over budget: realised cost above budget + 2%; its % "
-                     "oracle is not like-for-like (the oracle keeps to the budget).")
+        lines.append(f"{OVER_BUDGET_MARK} over budget: realised cost above budget + 2% (on at "
+                     "least one seed); its % oracle is not a like-for-like comparison.")
+    infeasible = [f"{r['policy']} {r['budget_infeasible']:,.0f}"
+                  for r in [summary["oracle"], *summary["policies"]]
+                  if r.get("budget_infeasible")]
+    if infeasible:
+        lines.append("decisions with the budget below every deployed mix (routed to the "
+                     f"cheapest), per run: {', '.join(infeasible)}.")
     if summary.get("warning_count"):
         lines.append(f"{summary['warning_count']} warning(s) about the settings, printed "
                      "above: figures under settings that cannot be met are not comparable.")

@@ -272,7 +272,8 @@ def _table_html(summary: dict[str, Any]) -> str:
 
 def _config_html(summary: dict[str, Any], grouped: Grouped) -> str:
     keys = ("data", "scenario", "horizon", "stages", "order", "feedback_delay", "beta",
-            "budget", "m_max", "alpha", "gamma", "budget_pacing", "seeds", "invocation_id")
+            "budget", "m_max", "alpha", "gamma", "budget_control", "prices", "seeds",
+            "invocation_id")
     shown = {**summary, "budget": f"${summary['budget']:.6f} per query"}
     config = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(shown.get(k)))}"
                      "</td></tr>" for k in keys)

@@ -103,6 +103,8 @@ class Stream:
     rows: np.ndarray
     scenario: Scenario
     default_alpha: float
+    #: Published price per model (USD per query) for arrivals that schedule none.
+    prices: Mapping[str, float] | None = None
     feedback_delay: int = 0
     feedback_batch: int = 1
     domain: str = "default"
@@ -114,7 +116,7 @@ def table_workload(table: RewardTable, stream: Stream) -> Workload:
     column = {m: j for j, m in enumerate(table.models)}
     scores, costs, tasks, rows = table.scores, table.costs, table.tasks, stream.rows
     domain, prefix, delay = stream.domain, stream.query_prefix, stream.feedback_delay
-    exogenous = stream.scenario.events_before(stream.default_alpha)
+    exogenous = stream.scenario.events_before(stream.default_alpha, stream.prices)
     if domain != "default":
         exogenous = {t: [e.model_copy(update={"domain": domain}) for e in events]
                      for t, events in exogenous.items()}

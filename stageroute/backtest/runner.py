@@ -26,6 +26,9 @@ from stageroute.backtest.driver import Stream, drive, table_workload
 from stageroute.backtest.table import RewardTable
 from stageroute.engine import EngineConfig, Output, initial_state
 
+OVER_BUDGET = 1.02
+"""A realised average cost above this multiple of the budget is over budget."""
+
 Clock = Callable[[], float]
 """Seconds from an arbitrary origin (the caller's ``time.perf_counter``), for q/s only."""
 
@@ -52,6 +55,8 @@ class RunResult:
     #: (stage, reason, selected, query index it took effect at)
     deployments: list[tuple[int, str, list[str], int]]
     dead_letters: int
+    #: Routing decisions made while the budget was below every deployed mix.
+    budget_infeasible: int
     #: routing decisions per solver status ("optimal", "caps_infeasible", ...)
     statuses: dict[str, int]
     #: per-query expected reward and realised cost (NaN where no outcome), for curves
@@ -73,6 +78,8 @@ class RunResult:
             "avg_cost": self.avg_cost,
             "budget": self.budget,
             "budget_use": self.avg_cost / self.budget,
+            "over_budget": bool(self.avg_cost > OVER_BUDGET * self.budget),
+            "budget_infeasible": self.budget_infeasible,
             "expected_reward": self.expected_reward,
             "oracle_avg_reward": oracle_avg,
             "pct_of_oracle": 100.0 * self.avg_reward / oracle_avg if oracle else math.nan,
@@ -141,6 +148,7 @@ def run(table: RewardTable, stream: Stream, config: EngineConfig,
         avg_cost=cost_sum / answered if answered else math.nan,
         budget=config.budget, expected_reward=float(expected.mean()), seconds=seconds,
         run_id=run_id, deployments=deployments, dead_letters=state.counters["dead_letters"],
+        budget_infeasible=state.counters["budget_infeasible"],
         statuses=statuses, expected=expected, costs=realised_cost, chosen=chosen,
     )
     if recorder:

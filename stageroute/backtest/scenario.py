@@ -2,13 +2,15 @@
 
 A schedule document (JSON) lists models with ``arrive`` and ``expire`` times, as fractions of
 the horizon (``"unit": "fraction"``, the default) or as query indices (``"unit": "query"``);
-``expire`` may be null.  Optional per model: ``alpha``, ``cost_min``, ``cost_max``.
+``expire`` may be null.  Optional per model: ``alpha``, ``cost_min``, ``cost_max``, ``price``
+(expected USD per query; when absent the backtest may supply list prices, see
+``events_before``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ class ModelWindow:
     alpha: float | None = None
     cost_min: float | None = None
     cost_max: float | None = None
+    price: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +40,13 @@ class Scenario:
     windows: tuple[ModelWindow, ...]
     stage_starts: tuple[int, ...]
 
-    def events_before(self, default_alpha: float) -> dict[int, list[Event]]:
+    def events_before(self, default_alpha: float, prices: Mapping[str, float] | None = None,
+                      ) -> dict[int, list[Event]]:
         """Events to apply before query ``t``, keyed by ``t``: expiries, then arrivals, then the
-        stage boundary, so a stage starting at ``t`` sees the pool as it is at ``t``."""
+        stage boundary, so a stage starting at ``t`` sees the pool as it is at ``t``.  A
+        model's arrival carries its scheduled price, else its entry in ``prices``, else none
+        (its cost is learned)."""
+        prices = prices or {}
         at: dict[int, list[Event]] = {}
         for w in self.windows:
             if w.expire is not None and w.expire < self.horizon:
@@ -50,7 +57,8 @@ class Scenario:
                 at.setdefault(w.arrive, []).append(ModelArrived(
                     model_id=w.model_id, time=float(w.arrive),
                     alpha=default_alpha if w.alpha is None else w.alpha,
-                    cost_min=w.cost_min, cost_max=w.cost_max))
+                    cost_min=w.cost_min, cost_max=w.cost_max,
+                    price=w.price if w.price is not None else prices.get(w.model_id)))
         for k, start in enumerate(self.stage_starts):
             at.setdefault(start, []).append(StageBoundary(stage=k, time=float(start)))
         return at
@@ -98,12 +106,16 @@ def parse_schedule(doc: Any, models: Sequence[str], horizon: int, source: str,
                   else _index(entry["expire"], unit, horizon, f"{where}.expire"))
         if expire is not None and expire <= arrive:
             raise ScenarioError(f"{where}: expire ({expire}) must come after arrive ({arrive})")
-        alpha, cost_min, cost_max = (_optional_number(entry, key, where)
-                                     for key in ("alpha", "cost_min", "cost_max"))
+        alpha, cost_min, cost_max, price = (
+            _optional_number(entry, key, where)
+            for key in ("alpha", "cost_min", "cost_max", "price"))
         if cost_min is not None and cost_max is not None and cost_max < cost_min:
             raise ScenarioError(f"{where}: cost_max ({cost_max}) must be >= cost_min "
                                 f"({cost_min})")
-        windows.append(ModelWindow(model_id, arrive, expire, alpha, cost_min, cost_max))
+        if price is not None and not ((cost_min is None or price >= cost_min)
+                                      and (cost_max is None or price <= cost_max)):
+            raise ScenarioError(f"{where}: price ({price}) must be within [cost_min, cost_max]")
+        windows.append(ModelWindow(model_id, arrive, expire, alpha, cost_min, cost_max, price))
     if not windows:
         raise ScenarioError(f"{source}: the schedule lists no models")
     return Scenario(horizon, tuple(windows), equal_stages(horizon, stages))

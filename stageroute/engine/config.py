@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stageroute.policies import POLICIES
+
+ENGINE_VERSION: Final = 2
+"""Version of the decision rules.  2: the budget ledger and cost estimates with price priors.
+1: optimistic cost bounds with an integral pacer on feedback spend (no longer runnable)."""
 
 
 class EngineConfig(BaseModel):
@@ -21,6 +25,9 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
+    #: The decision rules this config was made for; only the current version can run, an
+    #: older one is read so that its stored decisions can still be re-derived row by row.
+    engine_version: int = Field(ENGINE_VERSION, ge=1, le=ENGINE_VERSION)
     policy: str = "stageroute"
     policy_params: dict[str, Any] = Field(default_factory=dict)
     m_max: int = Field(4, ge=1)
@@ -33,14 +40,35 @@ class EngineConfig(BaseModel):
     cost_scale: float | None = Field(None, gt=0.0)
     seed: int = 0
     domain: str = "default"
-    #: Pace the per-query budget on realised spend (see ``paced_budget``).
-    budget_pacing: bool = True
-    #: Queries over which a realised overspend (or underspend) is repaid.
-    pacing_window: int = Field(1000, ge=1)
+    #: Hold realised spend with the budget ledger (``stageroute.engine.budget``); off, every
+    #: query is routed with the nominal budget (the paper's setting).
+    budget_control: bool = True
+    #: Ledger rule 1: committed spend never exceeds the budget line by more than this share.
+    #: A quarter of the promised +2 %: the rest absorbs realised-vs-estimated cost, where one
+    #: query's long tail can be a few % of a short run's budget at extreme price spreads.
+    #: Cross-validated with W and rho (``bench.cv_ledger``, bench/RESULTS.md).
+    overdraft: float = Field(0.005, ge=0.0, le=1.0)
+    #: Ledger rule 2: queries over which an overrun (or underrun) is repaid.  A fifth of the
+    #: 500-query prefix over which the budget promise is judged; cross-validated.
+    pacing_window: int = Field(100, ge=1)
+    #: Ledger rule 2: share of the budget saved into the exploration reserve (rho W b USD);
+    #: cross-validated.
+    exploration_reserve: float = Field(0.05, ge=0.0, lt=1.0)
+    #: Pseudo-observations the published price counts for in a model's cost estimate.
+    price_weight: float = Field(10.0, ge=0.0)
     #: Queries remembered for feedback matching and duplicate detection (oldest forgotten first).
     max_tracked_queries: int = Field(1_000_000, ge=1)
     #: Event-time seconds after which a query is forgotten (None: only the count bound applies).
     query_ttl: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_version_1(cls, data: Any) -> Any:
+        # Configs stored by engine version 1 have ``budget_pacing`` and no version field.
+        if isinstance(data, dict) and "budget_pacing" in data and "engine_version" not in data:
+            data = {k: v for k, v in data.items() if k != "budget_pacing"}
+            data["engine_version"] = 1
+        return data
 
     @field_validator("policy")
     @classmethod
@@ -60,23 +88,6 @@ class EngineConfig(BaseModel):
     @property
     def radius_cost_scale(self) -> float:
         return self.cost_scale if self.cost_scale is not None else self.cost_ceiling
-
-
-def paced_budget(budget: float, spent: float, n_feedback: int, window: int) -> float:
-    """The budget RouteOPT gets for the next query when pacing is on.
-
-    RouteOPT uses optimistic (lower-bound) costs, so while models are being learned the realised
-    spend runs above ``b``.  Pacing is an integral controller on the realised deficit
-    ``D_n = C_n - b n`` (USD over ``n`` feedbacks): the next query's budget repays it over
-    ``window`` queries, ``b_t = b - D_n / window``.  Any persistent bias between the costs RouteOPT
-    assumes and the costs it incurs is driven to zero in the long-run average, and the realised
-    noise in ``b_t`` stays ``O(sigma / sqrt(window))``.  ``b_t`` is clipped to ``[b / 2, 3 b / 2]``
-    so that a burst of expensive feedback can neither starve routing nor license a splurge.
-    """
-    if n_feedback == 0:
-        return budget
-    paced = budget - (spent - budget * n_feedback) / window
-    return min(max(paced, 0.5 * budget), 1.5 * budget)
 
 
 def default_gamma(horizon: int, n_models: int, delta: float = 0.1) -> float:

@@ -17,11 +17,13 @@ Per event (``seq`` is its position in the journal):
   from ``p``; remembered until feedback (bounded: see ``EngineConfig.max_tracked_queries`` and
   ``query_ttl``).  Before any deployment, DeployOPT runs first (reason ``initial``).
 * feedback: Welford update of the routed model's statistics (also after it expired), whenever
-  it comes and in any order; its cost counts towards the realised spend that budget pacing
-  steers by (``config.paced_budget``).
+  it comes and in any order; its realised cost replaces the estimate committed to the budget
+  ledger when the query was routed (``stageroute.engine.budget``).
 
-Between two feedbacks the deployed set's bounds and the paced budget do not change, so a
-cacheable policy's RouteOPT answer is reused (``cached=True`` on the decision).
+RouteOPT gets the ledger's plan: caps (0 for models the ledger cannot afford this query) and
+budget; both are recorded on the decision (``alpha``, ``budget``).  A cacheable policy's scores
+are reused until the statistics change, and its RouteOPT answer while the plan is unchanged
+(``cached=True`` on the decision).
 """
 
 from __future__ import annotations
@@ -43,11 +45,11 @@ from schemas import (
     encode,
     trusted,
 )
-from solvers import deploy_opt
+from solvers import BUDGET_INFEASIBLE, CAPS_BUDGET_INFEASIBLE, deploy_opt
 from solvers.route_opt import solve_lists
-from stageroute.engine.config import paced_budget
+from stageroute.engine.budget import plan
 from stageroute.engine.state import EngineState, QueryRecord, RouteCache
-from stageroute.policies import ModelStats, sample_index, uniform
+from stageroute.policies import ModelStats, Scores, sample_index, uniform
 
 Output = RoutingDecision | DeploymentDecision | DeadLetter
 DeployReason = Literal["stage_boundary", "initial", "deployed_set_empty", "model_arrived"]
@@ -117,31 +119,48 @@ def _on_query(state: EngineState, event: Query, seq: int, outputs: list[Output])
 
     deployed, config = state.deployed, state.config
     cache = state.route_cache
-    cached = cache is not None
-    if cache is None:
-        scores = state.policy.route_scores(deployed, query_id)
-        alpha = [m.alpha for m in deployed]
-        budget = (paced_budget(config.budget, state.spent, state.counters["feedback"],
-                               config.pacing_window)
-                  if config.budget_pacing else config.budget)
-        p, status = solve_lists(scores.reward, scores.cost, alpha, budget)
-        cache = RouteCache(scores, alpha, budget, p, status)
+    scores = cache.scores if cache is not None else state.policy.route_scores(deployed, query_id)
+    caps, budget = _route_limits(state, scores)
+    cached = cache is not None and cache.alpha == caps and cache.budget == budget
+    if cache is None or not cached:
+        p, status = solve_lists(scores.reward, scores.cost, caps, budget)
+        cache = RouteCache(scores, caps, budget, p, status)
         if scores.cacheable:
             state.route_cache = cache
     draw = uniform(config.seed, query_id)
-    chosen = deployed[sample_index(cache.p, draw)].model_id
-    state.queries[query_id] = QueryRecord(chosen, event.time)
+    index = sample_index(cache.p, draw)
+    chosen = deployed[index]
+    estimate = scores.cost[index]
+    state.ledger.commit(estimate)
+    chosen.pending += 1
+    if chosen.price is None and chosen.n == 0:
+        state.route_cache = None  # a probe went out: the ledger now charges cost_max for it
+    state.queries[query_id] = QueryRecord(chosen.model_id, event.time, estimate)
     if len(state.queries) > config.max_tracked_queries:
-        state.queries.popitem(last=False)
-        state.counters["forgotten_queries"] += 1
+        _forget(state, *state.queries.popitem(last=False))
     state.counters["routed"] += 1
+    if cache.status in (BUDGET_INFEASIBLE, CAPS_BUDGET_INFEASIBLE):
+        state.counters["budget_infeasible"] += 1
     outputs.append(trusted(
         RoutingDecision, schema_version=1, type="routing_decision", domain=config.domain,
         query_id=query_id, seq=seq, stage=state.stage, time=event.time,
-        policy=config.policy, model_id=chosen, deployed=[m.model_id for m in deployed],
+        policy=config.policy, model_id=chosen.model_id, deployed=[m.model_id for m in deployed],
         mu_u=cache.scores.reward, c_l=cache.scores.cost, alpha=cache.alpha, budget=cache.budget,
         p=cache.p, draw=draw, status=cache.status, cached=cached,
     ))
+
+
+def _route_limits(state: EngineState, scores: Scores) -> tuple[list[float], float]:
+    """RouteOPT's caps and budget for the next query: the budget ledger's plan, or the shares
+    and the nominal budget when the ledger is off (or the policy is the paper's)."""
+    config = state.config
+    alpha = [m.alpha for m in state.deployed]
+    if not (config.budget_control and state.policy.holds_budget):
+        return alpha, config.budget
+    planned = plan(state.ledger, config.budget, scores.cost,
+                   scores.risk if scores.risk is not None else scores.cost, alpha,
+                   config.overdraft, config.exploration_reserve, config.pacing_window)
+    return planned.caps, planned.budget
 
 
 def _on_feedback(state: EngineState, event: Feedback) -> None:
@@ -162,13 +181,28 @@ def _on_feedback(state: EngineState, event: Feedback) -> None:
                        f"to {record.model_id!r}")
     record.answered = True
     model = state.models[record.model_id]
+    model.pending -= 1
     model.observe(event.reward, event.cost)
-    model.refresh_bounds(state.config.gamma, state.config.radius_cost_scale)
+    _refresh(state, model)
+    state.ledger.settle(record.estimate, event.cost)
     state.counters["feedback"] += 1
     state.spent += event.cost
-    # Pacing moves the budget with every feedback; otherwise only the deployed bounds matter.
-    if state.config.budget_pacing or record.model_id in state.deployed_ids:
+    if record.model_id in state.deployed_ids:
         state.route_cache = None
+
+
+def _refresh(state: EngineState, model: ModelStats) -> None:
+    config = state.config
+    model.refresh_bounds(config.gamma, config.radius_cost_scale, config.price_weight)
+
+
+def _forget(state: EngineState, query_id: str, record: QueryRecord) -> None:
+    """A query leaves tracking: its feedback will no longer be accepted.  Its cost estimate
+    stays committed in the ledger (assumed spent)."""
+    if not record.answered:
+        state.models[record.model_id].pending -= 1
+        state.route_cache = None
+    state.counters["forgotten_queries"] += 1
 
 
 def _on_arrival(state: EngineState, event: ModelArrived, seq: int, outputs: list[Output]) -> None:
@@ -184,14 +218,15 @@ def _on_arrival(state: EngineState, event: ModelArrived, seq: int, outputs: list
                        f"cost_min/cost_max: range [{cost_min}, {cost_max}] is empty with the "
                        f"configured defaults")
     if known is None:
-        model = ModelStats(event.model_id, event.alpha, cost_min, cost_max, arrived_seq=seq)
+        model = ModelStats(event.model_id, event.alpha, cost_min, cost_max, arrived_seq=seq,
+                           price=event.price)
         state.models[event.model_id] = model
     else:
         # A retired model returning keeps what was learned about it; its terms are the new ones.
         model = known
         model.alpha, model.cost_min, model.cost_max = event.alpha, cost_min, cost_max
-        model.arrived_seq, model.expired_seq = seq, None
-    model.refresh_bounds(config.gamma, config.radius_cost_scale)
+        model.price, model.arrived_seq, model.expired_seq = event.price, seq, None
+    _refresh(state, model)
     if not state.policy.commits_to_stages and state.stage >= 0:
         outputs.append(_deploy(state, seq, event.time, "model_arrived"))
 
@@ -252,5 +287,4 @@ def _forget_old_queries(state: EngineState) -> None:
         query_id = next(iter(queries))
         if queries[query_id].time >= horizon:
             break
-        queries.popitem(last=False)
-        state.counters["forgotten_queries"] += 1
+        _forget(state, *queries.popitem(last=False))

@@ -9,10 +9,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from stageroute.engine.config import EngineConfig
+from stageroute.engine.budget import Ledger
+from stageroute.engine.config import ENGINE_VERSION, EngineConfig
 from stageroute.policies import ModelStats, Policy, Scores, make_policy
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 
 @dataclass(slots=True)
@@ -30,6 +31,8 @@ class RouteCache:
 class QueryRecord:
     model_id: str
     time: float
+    #: The cost estimate committed to the budget ledger when the query was routed.
+    estimate: float = 0.0
     answered: bool = False
 
 
@@ -42,7 +45,8 @@ class EngineState:
     seq: int = 0
     stage: int = -1
     clock: float = 0.0
-    #: Realised cost of all feedback so far (USD), for budget pacing.
+    ledger: Ledger = field(default_factory=Ledger)
+    #: Realised cost of all feedback so far (USD).
     spent: float = 0.0
     models: dict[str, ModelStats] = field(default_factory=dict)
     deployed: list[ModelStats] = field(default_factory=list)
@@ -50,7 +54,8 @@ class EngineState:
     queries: OrderedDict[str, QueryRecord] = field(default_factory=OrderedDict)
     route_cache: RouteCache | None = None
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("routed", "feedback", "deployments", "dead_letters", "forgotten_queries"), 0))
+        ("routed", "feedback", "deployments", "dead_letters", "forgotten_queries",
+         "budget_infeasible"), 0))
 
     def set_deployed(self, models: list[ModelStats]) -> None:
         self.deployed = models
@@ -59,6 +64,9 @@ class EngineState:
 
 
 def initial_state(config: EngineConfig) -> EngineState:
+    if config.engine_version != ENGINE_VERSION:
+        raise ValueError(f"engine version {config.engine_version} decisions cannot be made by "
+                         f"engine version {ENGINE_VERSION}")
     return EngineState(config=config, policy=make_policy(config.policy, config.seed,
                                                          config.policy_params))
 
@@ -73,12 +81,14 @@ def snapshot(state: EngineState) -> bytes:
         "stage": state.stage,
         "clock": state.clock,
         "spent": state.spent,
+        "ledger": [state.ledger.routed, state.ledger.committed],
         "models": [m.to_json() for m in state.models.values()],
         "deployed": [m.model_id for m in state.deployed],
-        "queries": [[q, r.model_id, r.time, r.answered] for q, r in state.queries.items()],
+        "queries": [[q, r.model_id, r.time, r.estimate, r.answered]
+                    for q, r in state.queries.items()],
         "route_cache": None if cache is None else [
-            cache.scores.reward, cache.scores.cost, cache.alpha, cache.budget, cache.p,
-            cache.status],
+            cache.scores.reward, cache.scores.cost, cache.scores.risk, cache.alpha, cache.budget,
+            cache.p, cache.status],
         "counters": state.counters,
     }
     return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 1)
@@ -91,11 +101,12 @@ def restore(data: bytes) -> EngineState:
     state = initial_state(EngineConfig.model_validate(doc["config"]))
     state.seq, state.stage, state.clock = doc["seq"], doc["stage"], doc["clock"]
     state.spent = doc["spent"]
+    state.ledger = Ledger(*doc["ledger"])
     state.models = {row[0]: ModelStats.from_json(row) for row in doc["models"]}
     state.set_deployed([state.models[m] for m in doc["deployed"]])
-    state.queries = OrderedDict((q, QueryRecord(m, t, a)) for q, m, t, a in doc["queries"])
+    state.queries = OrderedDict((q, QueryRecord(m, t, e, a)) for q, m, t, e, a in doc["queries"])
     if doc["route_cache"] is not None:
-        reward, cost, alpha, budget, p, status = doc["route_cache"]
-        state.route_cache = RouteCache(Scores(reward, cost, True), alpha, budget, p, status)
+        reward, cost, risk, alpha, budget, p, status = doc["route_cache"]
+        state.route_cache = RouteCache(Scores(reward, cost, True, risk), alpha, budget, p, status)
     state.counters = doc["counters"]
     return state

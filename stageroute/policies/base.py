@@ -29,7 +29,9 @@ class ModelStats:
     """One model's registry entry and sufficient statistics (Welford), all costs in USD.
 
     ``n`` feedbacks; ``mean_r``/``m2_r`` for reward; ``mean_c``/``m2_c`` for cost.  The empirical
-    variance is ``m2 / n``.  ``mu_u``/``c_l`` cache the confidence bounds of the current stats.
+    variance is ``m2 / n``.  ``price`` is the published expected cost of one query, if any;
+    ``pending`` counts routed queries still awaiting feedback.  ``mu_u``/``c_l``/``c_hat`` cache
+    the bounds and the cost estimate of the current statistics (``refresh_bounds``).
     """
 
     model_id: str
@@ -37,18 +39,33 @@ class ModelStats:
     cost_min: float
     cost_max: float
     arrived_seq: int
+    price: float | None = None
     expired_seq: int | None = None
     n: int = 0
     mean_r: float = 0.0
     m2_r: float = 0.0
     mean_c: float = 0.0
     m2_c: float = 0.0
+    max_c: float = 0.0
+    pending: int = 0
     mu_u: float = 1.0
     c_l: float = 0.0
+    c_hat: float = 0.0
 
     @property
     def live(self) -> bool:
         return self.expired_seq is None
+
+    @property
+    def risk(self) -> float:
+        """What the budget ledger's affordability rule charges for one query to this model
+        (see ``stageroute.engine.budget``): once its cost is known (a price or an observation),
+        the dearest it may be, ``max(c_hat, the largest cost observed)``; while it is unknown, 0
+        for the first query (the probe: the one unavoidable risk, bounded by ``cost_max``) and
+        ``cost_max`` while that probe awaits feedback."""
+        if self.price is not None or self.n:
+            return max(self.c_hat, self.max_c)
+        return 0.0 if self.pending == 0 else self.cost_max
 
     def observe(self, reward: float, cost: float) -> None:
         """Welford update: ``mean += (x - mean) / n``, ``M2 += (x - mean_old) (x - mean_new)``."""
@@ -60,14 +77,26 @@ class ModelStats:
         delta = cost - self.mean_c
         self.mean_c += delta / n
         self.m2_c += delta * (cost - self.mean_c)
+        self.max_c = max(self.max_c, cost)
 
-    def refresh_bounds(self, gamma: float, cost_scale: float) -> None:
-        """Refresh ``mu_U = clip(m_r + 2 f_rad, 0, 1)`` and ``c_L = clip(m_c - 2 f_rad, c1, c2)``.
+    def refresh_bounds(self, gamma: float, cost_scale: float, price_weight: float) -> None:
+        """Refresh ``mu_U = clip(m_r + 2 f_rad, 0, 1)``, ``c_L = clip(m_c - 2 f_rad, c1, c2)``
+        and the cost estimate
+
+            c_hat = (w price + n m_c) / (w + n)      with a price (w = ``price_weight``)
+            c_hat = m_c                              without one, once observed
+            c_hat = c1                               without either (a probe's optimism)
 
         The cost radius is computed on costs divided by ``cost_scale`` (USD), the unit in which
         the Bernstein range term ``gamma / n`` is meant, then scaled back to USD.
         """
         n = self.n
+        price = self.price
+        if price is not None:
+            self.c_hat = (price_weight * price + n * self.mean_c) / (price_weight + n) \
+                if price_weight + n > 0 else price
+        else:
+            self.c_hat = self.mean_c if n else self.cost_min
         if n == 0:  # unexplored: the defined optimistic values, exactly (no unit round trip)
             self.mu_u, self.c_l = 1.0, self.cost_min
             return
@@ -83,8 +112,8 @@ class ModelStats:
 
     def to_json(self) -> list[Any]:
         return [self.model_id, self.alpha, self.cost_min, self.cost_max, self.arrived_seq,
-                self.expired_seq, self.n, self.mean_r, self.m2_r, self.mean_c, self.m2_c,
-                self.mu_u, self.c_l]
+                self.price, self.expired_seq, self.n, self.mean_r, self.m2_r, self.mean_c,
+                self.m2_c, self.max_c, self.pending, self.mu_u, self.c_l, self.c_hat]
 
     @classmethod
     def from_json(cls, row: list[Any]) -> ModelStats:
@@ -99,6 +128,8 @@ class Scores:
     reward: list[float]
     cost: list[float]
     cacheable: bool
+    #: Per model, the cost the budget ledger's affordability rule charges (None: ``cost``).
+    risk: list[float] | None = None
 
 
 class Policy(ABC):
@@ -109,6 +140,8 @@ class Policy(ABC):
     commits_to_stages: ClassVar[bool] = True
     #: False for policies that keep their first deployment until every deployed model expired.
     redeploys: ClassVar[bool] = True
+    #: False for the paper's algorithm: every query gets the nominal budget, no ledger.
+    holds_budget: ClassVar[bool] = True
 
     def __init__(self, seed: int, params: dict[str, Any]) -> None:
         self.seed = seed
@@ -126,16 +159,25 @@ class Policy(ABC):
 
 
 def mean_scores(models: list[ModelStats]) -> Scores:
-    """Empirical means; an unexplored model scores (1, cost_min) so that it is tried once."""
-    return Scores(
-        [m.mean_r if m.n else 1.0 for m in models],
-        [m.mean_c if m.n else m.cost_min for m in models],
-        cacheable=True,
-    )
+    """Empirical mean reward (1 while unexplored, so that each model is tried) and the cost
+    estimate ``c_hat``."""
+    return estimated_costs([m.mean_r if m.n else 1.0 for m in models], models)
+
+
+def estimated_costs(reward: list[float], models: list[ModelStats]) -> Scores:
+    """``reward`` with the cost the spend will follow: ``c_hat`` (price prior, then observed
+    mean), and what the ledger charges for each model (``ModelStats.risk``)."""
+    return Scores(reward, [m.c_hat for m in models], cacheable=True,
+                  risk=[m.risk for m in models])
 
 
 def optimistic_scores(models: list[ModelStats]) -> Scores:
-    """StageRoute's confidence bounds ``(mu_U, c_L)``."""
+    """Optimism on reward only: ``(mu_U, c_hat)``."""
+    return estimated_costs([m.mu_u for m in models], models)
+
+
+def paper_scores(models: list[ModelStats]) -> Scores:
+    """StageRoute's confidence bounds as in the paper, optimistic on both: ``(mu_U, c_L)``."""
     return Scores([m.mu_u for m in models], [m.c_l for m in models], cacheable=True)
 
 

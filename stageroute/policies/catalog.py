@@ -10,14 +10,18 @@ from stageroute.policies.base import (
     Policy,
     Scores,
     check_unit,
+    estimated_costs,
     mean_scores,
     optimistic_scores,
+    paper_scores,
 )
 from stageroute.policies.draws import beta_sample, generator, uniform
 
 
 class StageRoute(Policy):
-    """The paper: optimistic bounds ``(mu_U, c_L)`` for DeployOPT and RouteOPT, stage commitment."""
+    """StageRoute with a budget users can trust: the reward upper bound ``mu_U`` for DeployOPT
+    and RouteOPT, stage commitment, and costs that the spend will follow (``c_hat``: the price
+    prior, then the observed mean) held by the budget ledger."""
 
     name = "stageroute"
 
@@ -26,6 +30,21 @@ class StageRoute(Policy):
 
     def route_scores(self, models: list[ModelStats], query_id: str) -> Scores:
         return optimistic_scores(models)
+
+
+class StageRoutePaper(Policy):
+    """The paper's algorithm, for comparison: optimistic bounds on both reward and cost
+    ``(mu_U, c_L)``, prices ignored, the nominal budget for every query (no ledger).  Its
+    realised spend may run over the budget by O(T^(2/3))."""
+
+    name = "stageroute_paper"
+    holds_budget = False
+
+    def deploy_scores(self, models: list[ModelStats], stage: int) -> Scores:
+        return paper_scores(models)
+
+    def route_scores(self, models: list[ModelStats], query_id: str) -> Scores:
+        return paper_scores(models)
 
 
 class StaticBestAtStart(StageRoute):
@@ -58,8 +77,8 @@ class Greedy(Policy):
 
 def _random_scores(policy: Policy, models: list[ModelStats], key: str) -> Scores:
     rng = generator(policy.seed, key, "random-scores", policy.scratch)
-    return Scores([float(rng.random_sample()) for _ in models], mean_scores(models).cost,
-                  cacheable=False)
+    scores = estimated_costs([float(rng.random_sample()) for _ in models], models)
+    return replace(scores, cacheable=False)
 
 
 class UniformRandom(Policy):
@@ -108,7 +127,7 @@ class Thompson(Policy):
         rng = generator(self.seed, key, "thompson", self.scratch)
         reward = [beta_sample(rng, 1.0 + m.n * m.mean_r, 1.0 + m.n * (1.0 - m.mean_r))
                   for m in models]
-        return Scores(reward, mean_scores(models).cost, cacheable=False)
+        return replace(estimated_costs(reward, models), cacheable=False)
 
     def deploy_scores(self, models: list[ModelStats], stage: int) -> Scores:
         return self._sample(models, f"stage:{stage}")
@@ -149,8 +168,8 @@ class Oracle(Policy):
 
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (StageRoute, StaticBestAtStart, UCBBwK, Greedy, EpsilonGreedy, Thompson,
-                UniformRandom, Oracle)
+    for cls in (StageRoute, StageRoutePaper, StaticBestAtStart, UCBBwK, Greedy, EpsilonGreedy,
+                Thompson, UniformRandom, Oracle)
 }
 
 

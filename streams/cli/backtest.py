@@ -72,6 +72,13 @@ def add_parser(sub: SubParsers[Any]) -> None:
     p.add_argument("--m-max", metavar="M", help="models deployed at once (default 4)")
     p.add_argument("--beta", metavar="B", help="budget as a fraction of the highest mean "
                    "model cost (default 0.3)")
+    p.add_argument("--budget", metavar="USD", help="budget in USD per query (instead of "
+                   "--beta)")
+    p.add_argument("--prices", choices=["known", "unknown"],
+                   help="known (default): each model arrives with its list price, its mean "
+                   "cost in the table, as the prior of its cost; unknown: costs are learned "
+                   "from feedback (the paper's setting), each model's first query being a "
+                   "probe of unknown cost")
     p.add_argument("--alpha", metavar="A", help="throughput share of every model (default "
                    "2 / m_max, capped at 1): a model may take at most twice its fair share")
     p.add_argument("--gamma", metavar="G",
@@ -86,7 +93,8 @@ def add_parser(sub: SubParsers[Any]) -> None:
     p.add_argument("--feedback-delay", metavar="D", help="queries between a query and its "
                    "feedback (default 0)")
     p.add_argument("--no-pacing", action="store_const", const=True, default=None,
-                   dest="no_pacing", help="route with the nominal budget (no pacing on spend)")
+                   dest="no_pacing", help="route every query with the nominal budget (no "
+                   "budget ledger): realised spend may then exceed the budget")
     p.add_argument("--policies", metavar="LIST", help="comma-separated, from: "
                    f"{', '.join(sorted(set(POLICIES) - {'oracle'}))} (default "
                    f"{DEFAULT_POLICIES}; the oracle always runs)")
@@ -111,6 +119,7 @@ class Plan:
     order: str
     feedback_delay: int
     schedule_source: str
+    prices: str
     warnings: list[SettingWarning]
     json_path: Path | None
     report_path: Path | None
@@ -129,7 +138,13 @@ def plan(opts: Options) -> Plan:
     horizon = opts.get("horizon", whole(1, MAX_HORIZON), 20_000)
     stages = opts.get("stages", whole(1), None)
     m_max = opts.get("m_max", whole(1), 4)
-    beta = opts.get("beta", positive_float, 0.3)
+    beta = opts.get("beta", positive_float, None)
+    budget_usd = opts.get("budget", positive_float, None)
+    if beta is not None and budget_usd is not None:
+        raise UsageError("--beta and --budget: give one of them, not both")
+    prices = opts.get("prices", text, "known")
+    if prices not in ("known", "unknown"):
+        raise UsageError(f"--prices: expected known or unknown, got {prices!r}")
     alpha = opts.get("alpha", share, min(1.0, 2.0 / m_max))
     gamma = opts.get("gamma", positive_float, DEFAULT_GAMMA)
     seeds = _seeds(opts)
@@ -154,28 +169,35 @@ def plan(opts: Options) -> Plan:
     mean_cost = table.mean_cost()
     if not np.isfinite(mean_cost).any():
         raise UsageError(f"{table.source}: no model has a cost")
+    dearest = float(np.nanmax(mean_cost))
+    if budget_usd is None:
+        beta = 0.3 if beta is None else beta
+        budget_usd = beta * dearest
+    else:
+        beta = budget_usd / dearest
     base = EngineConfig(
-        m_max=m_max, budget=beta * float(np.nanmax(mean_cost)), gamma=gamma,
+        m_max=m_max, budget=budget_usd, gamma=gamma,
         cost_ceiling=float(np.nanmax(table.costs)), seed=seeds[0],
-        budget_pacing=not opts.get("no_pacing", flag, False))
+        budget_control=not opts.get("no_pacing", flag, False))
+    costs = {m: float(c) for m, c in zip(table.models, mean_cost) if np.isfinite(c)}
+    list_prices = None if prices == "unknown" else costs
     streams, configs = {}, {}
     for seed in seeds:
         rows = (iid_rows(table.n_rows, horizon, seed) if order == "iid"
                 else np.arange(horizon) % table.n_rows)
-        streams[seed] = Stream(rows, scenario, alpha, delay)
+        streams[seed] = Stream(rows, scenario, alpha, list_prices, delay)
         configs[seed] = base.model_copy(update={"seed": seed})
-    costs = {m: float(c) for m, c in zip(table.models, mean_cost) if np.isfinite(c)}
     warnings = check_settings(scenario, costs, m_max=m_max, budget=base.budget,
                               default_alpha=alpha)
     return Plan(table, scenario, streams, configs, names, seeds, beta, order, delay, source,
-                warnings, json_path, report_path, jobs)
+                prices, warnings, json_path, report_path, jobs)
 
 
 def _seeds(opts: Options) -> list[int]:
     seed = opts.get("seed", non_negative_int, None)
     raw = opts.get("seeds", text, None)
     if seed is not None and raw is not None:
-        raise UsageError("--seed and --seeds: give one of them (--seed S is --seeds S,)")
+        raise UsageError("--seed and --seeds: give one of them, not both")
     if seed is not None:
         return [seed]
     if raw is None:
@@ -269,7 +291,8 @@ def _meta(p: Plan, invocation_id: str | None) -> dict[str, Any]:
         "m_max": p.config.m_max,
         "alpha": next(iter(p.streams.values())).default_alpha,
         "gamma": p.config.gamma,
-        "budget_pacing": p.config.budget_pacing,
+        "budget_control": p.config.budget_control,
+        "prices": p.prices,
         "seeds": p.seeds,
         "invocation_id": invocation_id,
         "warnings": [w.as_json() for w in p.warnings],

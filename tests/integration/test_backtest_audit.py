@@ -112,3 +112,32 @@ def test_stored_summary_has_what_the_cli_printed(migrated_db: str, tmp_path: Pat
     assert len(runs) == 6 and {r["status"] for r in runs} == {"finished"}
     created = [r["created_at"] for r in runs]
     assert created == sorted(created, reverse=True)  # newest first
+
+
+def test_a_budget_below_every_model_routes_the_cheapest_and_verifies(migrated_db: str,
+                                                                      tmp_path: Path) -> None:
+    # $0.00005 per query is below every bundled model's mean cost: the defined outcome is the
+    # cheapest mix, flagged, counted, and as auditable as any other decision.
+    summary_file = tmp_path / "summary.json"
+    result = cli("backtest", "--quiet", "--horizon", "1500", "--budget", "0.00005",
+                 "--seed", "0", "--policies", "stageroute,stageroute_paper", "--db-url",
+                 migrated_db, "--json", str(summary_file), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(summary_file.read_text())
+    oracle, (ours, paper) = summary["oracle"], summary["policies"]
+    assert ours["budget_infeasible"] == oracle["budget_infeasible"] == 1500
+    assert ours["avg_cost"] == pytest.approx(oracle["avg_cost"])  # the least anyone can spend
+    assert ours["over_budget"] and paper["over_budget"]
+    assert "over budget" in result.stdout and "below every deployed mix" in result.stdout
+    # Warned before the runs: the budget is below what every live model costs.
+    assert "budget_below_live_models" in json.dumps(summary["warnings"])
+    assert "warning:" in result.stderr
+    with make_engine(migrated_db).connect() as conn:
+        statuses = conn.execute(text(
+            "SELECT status, count(*) FROM routing_decisions WHERE run_id = :r GROUP BY status"),
+            {"r": ours["run_id"]}).all()
+    assert dict(statuses) == {"budget_infeasible": 1500}
+    for run in (ours, paper):
+        verified = cli("audit", "--db-url", migrated_db, "verify", run["run_id"], cwd=tmp_path)
+        assert verified.returncode == 0, verified.stderr
+        assert "verified: 0 mismatches" in verified.stdout

@@ -99,7 +99,8 @@ def test_table_has_spread_legend_speed_apart_and_every_run_id() -> None:
     titles = next(line for line in lines if line.startswith("policy"))
     assert "q/s" not in titles and "regret" in titles
     assert "0.7850 ± 0.0071" in text
-    assert "regret: expected reward lost to the oracle, summed over the 100 queries" in text
+    assert "regret: expected reward lost to the oracle, summed over the 100 queries" in " ".join(
+        text.split())
     assert "speed, queries/s per process" in text
     for policy in ("oracle", "stageroute", "greedy"):  # the oracle's too, 8 characters each
         assert f"seed 0 {f'{policy}-0'[:8]}  seed 1 {f'{policy}-1'[:8]}" in text
@@ -108,5 +109,6 @@ def test_table_has_spread_legend_speed_apart_and_every_run_id() -> None:
 
 def test_over_budget_policy_is_marked_and_explained() -> None:
     text = printed(summary(over_budget=True))
-    assert "greedy !" in text
-    assert "% oracle is not like-for-like" in text
+    greedy = next(line for line in text.splitlines() if line.startswith("greedy"))
+    assert "% *" in greedy  # on the budget use column
+    assert "% oracle is not a like-for-like comparison" in " ".join(text.split())

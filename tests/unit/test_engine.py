@@ -32,7 +32,7 @@ from schemas import (
 from solvers import model_bounds, route_opt
 from solvers.route_opt import solve_lists
 from stageroute.engine import EngineState, Output, initial_state, restore, snapshot
-from stageroute.engine.config import paced_budget
+from stageroute.engine.core import _route_limits
 from stageroute.engine.state import QueryRecord
 from stageroute.policies import POLICIES
 from tests.factories import (
@@ -67,10 +67,12 @@ PROPERTY = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def priced(model_id: str, cost_min: float, time: float = 0.0, alpha: float = 1.0,
+def priced(model_id: str, price: float, time: float = 0.0, alpha: float = 1.0,
            cost_max: float = 1.0) -> ModelArrived:
-    """A model with a known price floor, so unexplored models are ordered by it."""
-    return arrived(model_id, time=time, alpha=alpha, cost_min=cost_min, cost_max=cost_max)
+    """A model with a published price (also its cost floor), so unexplored models are ordered
+    by it and the budget ledger knows what it costs."""
+    return arrived(model_id, time=time, alpha=alpha, cost_min=price, cost_max=cost_max,
+                   price=price)
 
 
 def without_seq(outputs: list[Output]) -> list[dict[str, Any]]:
@@ -80,11 +82,9 @@ def without_seq(outputs: list[Output]) -> list[dict[str, Any]]:
 def fresh_solve(state: EngineState, query_id: str) -> tuple[list[float], list[float], float,
                                                             list[float]]:
     """RouteOPT from scratch on the current state: (reward scores, cost scores, budget, p)."""
-    config = state.config
     scores = state.policy.route_scores(state.deployed, query_id)
-    budget = (paced_budget(config.budget, state.spent, state.counters["feedback"],
-                           config.pacing_window) if config.budget_pacing else config.budget)
-    p, _ = solve_lists(scores.reward, scores.cost, [m.alpha for m in state.deployed], budget)
+    caps, budget = _route_limits(state, scores)
+    p, _ = solve_lists(scores.reward, scores.cost, caps, budget)
     return scores.reward, scores.cost, budget, p
 
 
@@ -189,7 +189,7 @@ def configs(draw: st.DrawFn) -> Any:
         policy=draw(st.sampled_from(ALL_POLICIES)),
         m_max=draw(st.integers(1, 3)),
         budget=draw(st.sampled_from([0.05, 0.3, 1.0])),
-        budget_pacing=draw(st.booleans()),
+        budget_control=draw(st.booleans()),
         max_tracked_queries=draw(st.sampled_from([1, 3, 1_000_000])),
         query_ttl=draw(st.sampled_from([None, 3.0, 40.0])),
         cost_floor=draw(st.sampled_from([0.0, 0.05])),
@@ -303,9 +303,11 @@ def test_query_routes_over_the_deployed_set() -> None:
     assert decision.deployed == ["a", "b"]
     assert decision.p == [1.0, 0.0]  # equally optimistic: the cheaper floor takes it all
     assert decision.model_id == "a"
-    assert (decision.budget, decision.status, decision.cached) == (0.5, "optimal", False)
+    # The ledger's paced budget: (1 - rho) b with nothing spent yet.
+    assert (decision.budget, decision.status, decision.cached) == (0.95 * 0.5, "optimal", False)
     check_routing(decision, state.config.seed)
-    assert state.queries["q1"] == QueryRecord("a", 4.0, answered=False)
+    assert state.queries["q1"] == QueryRecord("a", 4.0, estimate=0.1, answered=False)
+    assert (state.ledger.routed, state.ledger.committed) == (1, 0.1)
     assert state.counters["routed"] == 1
 
 
@@ -488,7 +490,7 @@ def test_a_retired_model_id_may_arrive_again() -> None:
 def test_expired_model_is_dropped_at_once_and_p_resolved() -> None:
     state, out = run_log([priced("a", 0.1, alpha=0.5), priced("b", 0.2, alpha=0.5),
                           priced("c", 0.3, alpha=0.5), stage(0), *queries("q1", "q2")],
-                         m_max=3, budget_pacing=False)
+                         m_max=3, budget_control=False)
     before, cached = routings(out)
     assert before.p == [0.5, 0.5, 0.0] and cached.cached
     assert step(state, expired("a", time=1.0)) == []
@@ -546,14 +548,20 @@ def test_delayed_and_out_of_order_feedback() -> None:
     assert [q for q, r in state.queries.items() if not r.answered] == ["q1", "q3", "q5", "q6"]
 
 
-def test_feedback_that_never_comes_changes_nothing_but_the_pending_set() -> None:
+@pytest.mark.parametrize("ledger", [False, True])
+def test_feedback_that_never_comes_changes_nothing_but_the_pending_set(ledger: bool) -> None:
     state, out = run_log([priced("a", 0.1), priced("b", 0.2), stage(0),
-                          *queries(*(f"q{i}" for i in range(20)))], m_max=2)
+                          *queries(*(f"q{i}" for i in range(20)))], m_max=2,
+                         budget_control=ledger)
     assert len(routings(out)) == 20
     assert all(m.n == 0 and m.mu_u == 1.0 for m in state.models.values())
     assert (state.counters["feedback"], state.spent) == (0, 0.0)
     assert len(state.queries) == 20 and not any(r.answered for r in state.queries.values())
-    assert sum(d.cached for d in routings(out)) == 19  # nothing changed between them
+    assert sum(m.pending for m in state.models.values()) == 20
+    # Without feedback the estimates stay committed: the ledger assumes they were spent.
+    assert state.ledger.committed == pytest.approx(sum(r.estimate for r in state.queries.values()))
+    # Nothing changed between the queries: the same RouteOPT answer, unless the ledger moved.
+    assert sum(d.cached for d in routings(out)) == (0 if ledger else 19)
 
 
 def test_query_tracking_is_bounded_by_count() -> None:
@@ -583,7 +591,7 @@ def test_query_tracking_is_bounded_by_age() -> None:
 def mid_stage_arrival(policy: str) -> tuple[EngineState, list[Output]]:
     return run_log([priced("a", 0.1), priced("b", 0.2), stage(0), query("q1"),
                     priced("c", 0.0, time=1.0), query("q2", 1.0), stage(1, 2.0),
-                    query("q3", 2.0)], policy=policy, m_max=2)
+                    query("q3", 2.0)], policy=policy, m_max=2, budget_control=False)
 
 
 def test_stageroute_deploys_a_new_model_only_at_the_next_stage() -> None:
@@ -644,12 +652,12 @@ def cached_flags(state: EngineState, events: list[Event]) -> list[bool]:
 def test_route_cache_is_used_only_while_nothing_changed() -> None:
     state, out = run_log([priced("a", 0.1, alpha=0.6), priced("b", 0.2, alpha=0.6),
                           priced("c", 0.3, alpha=0.6), priced("spare", 0.9, alpha=0.6),
-                          stage(0), query("q1")], m_max=3)
+                          stage(0), query("q1")], m_max=3, budget_control=False)
     assert deployments(out)[0].selected == ["a", "b", "c"]
     (q1,) = routings(out)
     flags = cached_flags(state, [
         query("q2"),                                # nothing changed since q1's solve
-        answer(q1, 0.5, 0.2), query("q3"),          # statistics and paced budget changed
+        answer(q1, 0.5, 0.2), query("q3"),          # statistics changed
         query("q4"),
         expired("b"), query("q5"), query("q6"),     # deployed set changed
         priced("late", 0.0), query("q7"),            # arrival mid-stage: deployed set unchanged
@@ -659,20 +667,27 @@ def test_route_cache_is_used_only_while_nothing_changed() -> None:
     assert flags == [True, False, True, False, True, True, True, False]
 
 
-@pytest.mark.parametrize("pacing", [False, True])
-def test_feedback_drops_the_cache_when_it_moves_deployed_bounds_or_the_budget(
-        pacing: bool) -> None:
+def test_feedback_drops_the_cache_when_it_moves_deployed_bounds() -> None:
     state, out = run_log([priced("a", 0.1), priced("b", 0.2), stage(0), query("q1")],
-                         m_max=2, budget_pacing=pacing)
+                         m_max=2, budget_control=False)
     (q1,) = routings(out)
     assert cached_flags(state, [query("q2"), answer(q1, 0.5, 0.2), query("q3"),
                                 query("q4")]) == [True, False, True]
-    # Feedback for a model no longer deployed moves only the paced budget.
+    # Feedback for a model no longer deployed moves nothing RouteOPT sees.
     state, out = run_log([priced("a", 0.1), priced("b", 0.2), stage(0), query("q1"),
-                          expired("a")], m_max=2, budget_pacing=pacing)
+                          expired("a")], m_max=2, budget_control=False)
     assert routings(out)[0].model_id == "a"
     flags = cached_flags(state, [query("q2"), feedback("q1", "a", 0.0, 0.9), query("q3")])
-    assert flags == [False, not pacing]
+    assert flags == [False, True]
+
+
+def test_with_the_ledger_a_cached_answer_needs_the_same_plan() -> None:
+    # Every query moves the ledger, so RouteOPT is solved again unless the plan repeats: here
+    # the only model costs more than the budget, so every plan is the nominal budget.
+    state, out = run_log([priced("a", 0.9, alpha=1.0), stage(0), query("q1")], m_max=1)
+    flags = cached_flags(state, [query(f"q{i}") for i in range(2, 6)])
+    assert flags == [True] * 4
+    assert {d.budget for d in routings(out)} == {0.5}
 
 
 def test_uncacheable_policies_solve_every_query() -> None:
@@ -686,43 +701,6 @@ def test_every_decision_of_a_scripted_run_is_reproducible(policy: str) -> None:
     config = make_config(policy=policy, m_max=3)
     _, out = run_log(scripted_log(config), state=initial_state(config))
     check_outputs(out, config.seed)
-
-
-@pytest.mark.parametrize(("budget", "spent", "n", "window", "expected"), [
-    (0.5, 0.0, 0, 10, 0.5),      # no feedback yet: the budget itself
-    (0.5, 0.6, 1, 10, 0.49),     # b - (C_n - b n) / window: overspend repaid
-    (0.5, 3.0, 10, 100, 0.52),   # underspend released
-    (2.0, 8.0, 4, 7, 2.0),       # on budget
-    (0.5, 0.9, 1, 1, 0.25),      # clipped below at b/2
-    (0.5, 0.0, 4, 1, 0.75),      # clipped above at 3b/2
-])
-def test_paced_budget_formula_and_clipping(budget: float, spent: float, n: int, window: int,
-                                           expected: float) -> None:
-    assert paced_budget(budget, spent, n, window) == pytest.approx(expected)
-
-
-@given(budget=st.floats(1e-3, 10.0), spent=st.floats(0.0, 1e4), n=st.integers(1, 10**6),
-       window=st.integers(1, 10**4))
-def test_paced_budget_stays_within_half_and_one_and_a_half_budgets(
-        budget: float, spent: float, n: int, window: int) -> None:
-    paced = paced_budget(budget, spent, n, window)
-    assert 0.5 * budget <= paced <= 1.5 * budget
-    raw = budget - (spent - budget * n) / window
-    if 0.5 * budget <= raw <= 1.5 * budget:
-        assert paced == raw
-
-
-@pytest.mark.parametrize(("pacing", "budgets"), [(True, [0.5, 0.3, 0.55]),
-                                                 (False, [0.5, 0.5, 0.5])])
-def test_routing_decisions_record_the_paced_budget(pacing: bool, budgets: list[float]) -> None:
-    state, out = run_log([priced("a", 0.1), priced("b", 0.3), stage(0), query("q1"),
-                          feedback("q1", "a", 1.0, 0.9), query("q2"),   # deficit 0.4
-                          feedback("q2", "a", 1.0, 0.0), query("q3")],  # deficit -0.1
-                         m_max=2, budget_pacing=pacing, pacing_window=2)
-    assert routings(out)[0].model_id == routings(out)[1].model_id == "a"
-    assert [d.budget for d in routings(out)] == pytest.approx(budgets)
-    assert deployments(out)[0].budget == 0.5  # DeployOPT gets the configured budget
-    check_outputs(out, state.config.seed)
 
 
 @given(cost_min=st.floats(0.0, 1.0), width=st.floats(0.0, 1.0), scale=st.floats(0.01, 10.0))

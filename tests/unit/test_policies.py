@@ -26,8 +26,11 @@ ORACLE_PARAMS = {"means": {m: list(rc) for m, rc in SCRIPTED_MEANS.items()}}
 
 
 def stats(model_id: str, n: int = 0, mean_r: float = 0.0, mean_c: float = 0.0,
-          cost_min: float = 0.05) -> ModelStats:
-    return ModelStats(model_id, 1.0, cost_min, 1.0, 0, n=n, mean_r=mean_r, mean_c=mean_c)
+          cost_min: float = 0.05, price: float | None = None) -> ModelStats:
+    model = ModelStats(model_id, 1.0, cost_min, 1.0, 0, price=price, n=n, mean_r=mean_r,
+                       mean_c=mean_c)
+    model.refresh_bounds(gamma=0.5, cost_scale=1.0, price_weight=10.0)
+    return model
 
 
 @pytest.mark.parametrize("policy", ALL_POLICIES)
@@ -103,9 +106,18 @@ def test_oracle_scores_are_the_true_means_and_name_a_missing_model() -> None:
 
 
 def test_score_conventions() -> None:
-    models = [stats("a", n=4, mean_r=0.7, mean_c=0.3), stats("b", cost_min=0.02)]
+    models = [stats("a", n=4, mean_r=0.7, mean_c=0.3), stats("b", cost_min=0.02),
+              stats("c", cost_min=0.02, price=0.4), stats("d", n=10, mean_c=0.1, price=0.3)]
     greedy = make_policy("greedy", seed=0).deploy_scores(models, stage=0)
-    assert (greedy.reward, greedy.cost, greedy.cacheable) == ([0.7, 1.0], [0.3, 0.02], True)
+    # Cost estimates: the observed mean; the floor for an unpriced, unobserved model (a probe,
+    # which the ledger charges nothing); the price; price and mean weighted 10 : n.
+    assert (greedy.reward, greedy.cost, greedy.risk, greedy.cacheable) == (
+        [0.7, 1.0, 1.0, 0.0], [0.3, 0.02, 0.4, 0.2], [0.3, 0.0, 0.4, 0.2], True)
+    stageroute = make_policy("stageroute", seed=0).route_scores(models, "q1")
+    assert stageroute.cost == greedy.cost and stageroute.risk == greedy.risk
+    assert stageroute.reward == [m.mu_u for m in models]
+    paper = make_policy("stageroute_paper", seed=0).route_scores(models, "q1")
+    assert paper.cost == [m.c_l for m in models] and paper.risk is None
     for name in ("random", "thompson"):
         scores = make_policy(name, seed=0).route_scores(models, "q1")
         assert not scores.cacheable

@@ -146,7 +146,7 @@ def test_single_model() -> None:
         ({"mu_u": [0.5, math.nan]}, "mu_u"),
         ({"c_l": [0.5, math.inf]}, "c_l"),
         ({"alpha": [0.5, -0.1]}, "alpha"),
-        ({"budget": 0.0}, "budget"),
+        ({"budget": -1e-9}, "budget"),
         ({"budget": math.nan}, "budget"),
         ({"c_l": [0.5]}, "lengths differ"),
         ({"mu_u": []}, "mu_u"),
