@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from streams.audit.db import normalize_url
 from streams.cli.parsing import SubParsers, add_command
 from streams.cli.settings import Options, UsageError, database_url, text
 
@@ -56,6 +55,7 @@ def run_command(opts: Options) -> int:
     data_dir = opts.get("embedded_pg_dir", text, None)
     action = opts.flags["action"]
     if action == "url":
+        from streams.audit.db import normalize_url
         from streams.audit.migrate import upgrade
 
         # The database the other commands use: the configured one, else the embedded one.
