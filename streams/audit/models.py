@@ -43,6 +43,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 RUN_KINDS: Final = ("backtest", "live")
+RUN_STATUSES: Final = ("running", "finished", "interrupted", "failed")
 
 # Stable, predictable constraint names, so migrations can name what they drop.
 NAMING_CONVENTION: Final = {
@@ -92,11 +93,19 @@ class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
         CheckConstraint(f"kind IN {RUN_KINDS!r}", name="kind"),
+        CheckConstraint(f"status IN {RUN_STATUSES!r}", name="status"),
         Index(None, "created_at"),
+        Index(None, "name", "domain"),
+        Index(None, "invocation_id"),
     )
 
     run_id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
     kind: Mapped[str]
+    name: Mapped[str | None]
+    """What the run was started as: a live worker's ``--run-id``; with ``domain`` it names
+    a live run."""
+    invocation_id: Mapped[str | None] = mapped_column(Uuid(as_uuid=False))
+    """Links the runs of one backtest command (oracle, policies, seeds)."""
     domain: Mapped[str]
     policy: Mapped[str]
     config: Mapped[Json]
@@ -105,6 +114,8 @@ class Run(Base):
     created_at: Mapped[datetime] = _created_at()
     finished_at: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(server_default="running")
+    """``running``, ``finished``, ``interrupted`` (stopped early: the trail is incomplete) or
+    ``failed``."""
     summary: Mapped[Json | None]
 
 

@@ -194,7 +194,7 @@ class Processor:
         run = self.store.get_run(run_id)
         if run is None:
             self.store.create_run("live", wanted, config.seed, domain, config.policy,
-                                  run_id=run_id)
+                                  run_id=run_id, name=self.run_name)
             loaded = DomainRun(domain, run_id, initial_state(config), {})
         else:
             if run["config"] != wanted:
