@@ -83,6 +83,11 @@ class DeadLetterReason(StrEnum):
     """A query arrives while no model can be routed to."""
     STALE_STAGE = "stale_stage"
     """A stage boundary whose index is not greater than the current stage."""
+    KEY_MISMATCH = "key_mismatch"
+    """The Kafka message key is not the event's domain (or the domain is consumed from
+    another partition): the event could land with another domain's owner."""
+    INTERNAL_ERROR = "internal_error"
+    """Applying the event raised inside the engine or a solver; the state is as before it."""
 
 
 class DecisionBase(ContractModel):

@@ -59,10 +59,12 @@ def _topics_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def _worker_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "worker", help="run the live worker (faust): Kafka in, Postgres audit, decisions out",
-        description="Consume every input topic, route with StageRoute per domain, commit "
-                    "journal+decisions+tracking to Postgres in one transaction per batch, then "
-                    "publish decisions. Serves /health and /metrics. Stop with SIGTERM/Ctrl-C "
-                    "(snapshots engine state); after a crash, restart with the same --run-id.")
+        description="Consume every input topic, route with StageRoute per domain, publish "
+                    "decisions at once and commit journal+decisions+positions to Postgres in "
+                    "one transaction per batch under the partition owner's fence. Run several "
+                    "with the same --run-id to scale out over partitions. Serves /health and "
+                    "/metrics; database and broker outages are waited out (health: degraded). "
+                    "After a crash, restart with the same --run-id.")
     _bootstrap(p)
     p.add_argument("--engine-config", help="EngineConfig as a JSON file (required)")
     p.add_argument("--run-id", help="name of the live run; the same name resumes it "
@@ -80,6 +82,8 @@ def _worker_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--session-timeout", help="consumer group session timeout in seconds "
                                              "(default 10; a killed worker's partitions move "
                                              "after this long)")
+    p.add_argument("--stall-after", help="seconds without a commit while input is pending "
+                                         "after which /health reports degraded (default 60)")
     p.add_argument("--log-level", help="faust log level (default info)")
     p.add_argument("--runtime", choices=["faust", "aiokafka"],
                    help="faust: a faust-streaming agent (default); aiokafka: a plain consumer "
@@ -141,7 +145,7 @@ def _worker(opts: Options) -> int:
 
     from stageroute.engine import EngineConfig
     from streams.audit.recorder import open_store
-    from streams.live.app import WorkerSettings, run_worker
+    from streams.live.settings import WorkerSettings
 
     path = opts.get("engine_config", text, None)
     run_name = opts.get("run_id", text, None)
@@ -164,7 +168,8 @@ def _worker(opts: Options) -> int:
         web_host=opts.get("web_host", text, "127.0.0.1"),
         web_port=opts.get("web_port", positive_int, 6066),
         group=opts.get("group", text, None), topic_prefix=_names(opts).prefix,
-        session_timeout=opts.get("session_timeout", positive_float, 10.0))
+        session_timeout=opts.get("session_timeout", positive_float, 10.0),
+        stall_after=opts.get("stall_after", positive_float, 60.0))
     runtime = opts.get("runtime", text, "faust")
     _check_choice("--runtime", runtime, ("faust", "aiokafka"))
     if runtime == "aiokafka":
@@ -172,6 +177,8 @@ def _worker(opts: Options) -> int:
 
         run_lean(settings, store)
     else:
+        from streams.live.app import run_worker
+
         run_worker(settings, store, loglevel=opts.get("log_level", text, "info"))
     return 0
 

@@ -81,3 +81,8 @@ def kafka_bootstrap() -> str:
     if not lines:
         pytest.fail(f"infra/kafka.sh start printed no address:\n{proc.stderr}")
     return lines[-1]
+
+
+from tests.integration.livekit import stream_env_factory  # noqa: E402  (a fixture)
+
+__all__ = ["stream_env_factory"]
