@@ -27,7 +27,7 @@ from schemas.base import (
     Share,
     Text,
     UnitDraw,
-    Usd,
+    UsdOut,
 )
 
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
@@ -136,11 +136,11 @@ class RoutingDecision(DecisionBase):
     """Deployed models considered (>= 1, distinct); the index order of the parallel lists."""
     mu_u: list[Probability]
     """Reward upper confidence bound per deployed model."""
-    c_l: list[Usd]
+    c_l: list[UsdOut]
     """Cost lower confidence bound per deployed model, USD."""
     alpha: list[Share]
     """Throughput share cap per deployed model."""
-    budget: Usd
+    budget: UsdOut
     """Average per-query cost budget b, USD."""
     p: list[Probability]
     """Routing probability per deployed model."""
@@ -180,11 +180,11 @@ class DeploymentDecision(DecisionBase):
     """Live models considered (distinct); the index order of the parallel lists."""
     mu_u: list[Probability]
     """Reward upper confidence bound per candidate."""
-    c_l: list[Usd]
+    c_l: list[UsdOut]
     """Cost lower confidence bound per candidate, USD."""
     alpha: list[Share]
     """Throughput share cap per candidate."""
-    budget: Usd
+    budget: UsdOut
     """Average per-query cost budget b, USD."""
     m_max: Annotated[int, Strict(), Field(ge=1)]
     """Maximum number of models deployed at once."""

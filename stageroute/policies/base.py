@@ -51,7 +51,15 @@ class ModelStats:
         return self.expired_seq is None
 
     def observe(self, reward: float, cost: float) -> None:
-        """Welford update: ``mean += (x - mean) / n``, ``M2 += (x - mean_old) (x - mean_new)``."""
+        """Welford update: ``mean += (x - mean) / n``, ``M2 += (x - mean_old) (x - mean_new)``.
+
+        The cost is taken clipped to the model's range ``[cost_min, cost_max]`` (the range its
+        bounds are clipped to anyway): one absurd observed cost cannot blow the variance up
+        (an infinite or huge variance would pin ``c_L`` to ``cost_min``, so that the model looked
+        free forever), and the statistics stay finite. The engine's realised spend still counts
+        the cost as observed.
+        """
+        cost = min(max(cost, self.cost_min), self.cost_max)
         self.n += 1
         n = self.n
         delta = reward - self.mean_r

@@ -179,14 +179,15 @@ class Processor:
         out = []
         for _, domain, row in live.committed_outputs(self.store, tp, after, upto, ours):
             kind = row.pop("type")
-            key = domain or _key_domain(None)
+            key = domain or DEFAULT_DOMAIN
             if kind == "dead_letter":
                 letter = DeadLetter(domain=key, **row)
                 out.append(Outgoing(True, key.encode(), encode(letter)))
                 continue
             cls = RoutingDecision if kind == "routing_decision" else DeploymentDecision
-            out.append(Outgoing(False, domain.encode(),
-                                encode(cls.model_validate({**row, "domain": domain}))))
+            # As stored (the engine made it): not validated again.
+            decision = cls.model_construct(**row, type=kind, domain=domain)
+            out.append(Outgoing(False, domain.encode(), encode(decision)))
         return out
 
     # --- processing ----------------------------------------------------------------------
