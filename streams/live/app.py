@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +101,6 @@ def build_app(settings: WorkerSettings, store: AuditStore) -> WorkerApp:
                 settings.batch_size, within=settings.batch_within):
             batch = [Message(e.message.topic, e.message.partition, e.message.offset,
                              e.message.key, e.message.value) for e in events]
-            for m in batch:
-                parts.note_consumed(m.topic, m.partition, m.offset)
             work = asyncio.ensure_future(handle(batch))
             try:
                 await asyncio.shield(work)
@@ -113,19 +113,32 @@ def build_app(settings: WorkerSettings, store: AuditStore) -> WorkerApp:
     @app.task
     async def serve_health() -> None:
         await parts.start()
-        parts.lag_from(lambda: _highwaters(app))
+        await _restart_when_stuck(parts)
 
     return app
 
 
-def _highwaters(app: faust.App) -> dict[tuple[str, int], int]:
-    consumer = app.consumer
-    found = {}
-    for tp in consumer.assignment():
-        hw = consumer.highwater(tp)
-        if hw is not None:
-            found[(tp.topic, tp.partition)] = int(hw)
-    return found
+async def _restart_when_stuck(parts: Parts, grace: float = 15.0) -> None:
+    """faust's consumer can stay stuck after a broker outage: it finds the coordinator again but
+    never rejoins the group, and nothing is fetched (faust-streaming issues #175, #523). When
+    input is pending, nothing has committed for ``stall_after`` seconds and both services have
+    been reachable for ``grace`` seconds, the worker restarts itself in place (``exec``, same
+    process): the checkpoint makes a restart safe at any point."""
+    healthy_since: float | None = None
+    while True:
+        await asyncio.sleep(parts.settings.probe_every)
+        stalled = parts.health.stalled()
+        if parts.health.problems or not stalled:
+            healthy_since = None
+            continue
+        now = time.monotonic()
+        healthy_since = healthy_since or now
+        if now - healthy_since >= grace:
+            log.error("faust consumer stuck (%s) with both services reachable; restarting "
+                      "the worker in place", stalled)
+            logging.shutdown()
+            # `stageroute worker ...` and `python -m streams.cli worker ...` alike.
+            os.execv(sys.executable, [sys.executable, "-m", "streams.cli", *sys.argv[1:]])
 
 
 def run_worker(settings: WorkerSettings, store: AuditStore, loglevel: str = "info") -> None:

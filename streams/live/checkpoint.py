@@ -46,6 +46,7 @@ its ``batch``-th batch (1-based).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -72,6 +73,8 @@ T = TypeVar("T")
 CRASH_EXIT: Final = 86
 MAX_BACKOFF: Final = 5.0
 """Seconds between retries at most."""
+ACK_TIMEOUT: Final = 30.0
+"""Seconds to wait for the broker's acks of a batch's outputs before sending them again."""
 
 
 def database_down(exc: BaseException) -> bool:
@@ -99,33 +102,51 @@ class OutputProducer:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
                 linger_ms=1, max_batch_size=256 * 1024, request_timeout_ms=15_000)
-            await producer.start()
+            try:
+                await asyncio.wait_for(producer.start(), ACK_TIMEOUT)
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(producer.stop(), ACK_TIMEOUT)
+                raise
             self._producer = producer
 
     async def enqueue(self, records: Sequence[Outgoing]) -> list[asyncio.Future[Any]]:
         """Hand the records to the producer in order; returns their ack futures."""
         if not records:
             return []
-        await self.start()
-        assert self._producer is not None
-        send = self._producer.send
-        decisions, dead = self.names.routing_decisions, self.names.dead_letters
-        return [await send(dead if r.dead else decisions, value=r.value, key=r.key)
-                for r in records]
+        try:
+            await self.start()
+            assert self._producer is not None
+            send = self._producer.send
+            decisions, dead = self.names.routing_decisions, self.names.dead_letters
+            return [await send(dead if r.dead else decisions, value=r.value, key=r.key)
+                    for r in records]
+        except BaseException:
+            await self.stop()
+            raise
 
     async def send_all(self, records: Sequence[Outgoing]) -> None:
-        await asyncio.gather(*await self.enqueue(records))
+        """Send and wait for every ack; on a failure the producer is replaced (an idempotent
+        producer's sequence can be broken for good by a broker restart:
+        ``OutOfOrderSequenceNumber``), and the error raised."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*await self.enqueue(records)), ACK_TIMEOUT)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def probe(self) -> None:
         """A metadata round trip to the brokers (raises when none answers)."""
         await self.start()
-        assert self._producer is not None
-        await self._producer.client.fetch_all_metadata()
+        producer = self._producer
+        assert producer is not None
+        await producer.client.fetch_all_metadata()
 
     async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(producer.stop(), ACK_TIMEOUT)
 
 
 class Checkpoint:
@@ -142,6 +163,8 @@ class Checkpoint:
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.batches = 0
+        #: Next offset per partition whose batch is done (stored, outputs acked).
+        self.done: dict[TP, int] = {}
         point, _, batch = os.environ.get("STAGEROUTE_CRASH_AT", "").partition(":")
         self._crash = (point, int(batch)) if batch.isdigit() else None
 
@@ -184,15 +207,18 @@ class Checkpoint:
                                     lambda: self._call(self.processor.commit, prepared))
             self._crash_point("persisted")
             try:
-                await asyncio.gather(*futures)
+                await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT)
             except Exception as exc:
                 if not broker_down(exc):
                     raise
                 log.warning("outputs not acknowledged (%s); re-sending them", exc)
+                await self.output.stop()
                 await self.retry("broker", lambda: self.output.send_all(prepared.out))
             self._crash_point("acked")
         self.health.metrics.committed(time.perf_counter() - started)
-        return {tp: o for tp, o in prepared.offsets.items() if tp[1] not in lost}
+        offsets = {tp: o for tp, o in prepared.offsets.items() if tp[1] not in lost}
+        self.done.update(offsets)
+        return offsets
 
     def _crash_point(self, point: str) -> None:
         if self._crash == (point, self.batches):
@@ -237,29 +263,67 @@ class Checkpoint:
         self.thread.shutdown(wait=True)
 
 
-def kafka_committed(bootstrap: str,
-                    group: str) -> Callable[[list[TP]], Awaitable[dict[TP, int]]]:
-    """A lookup of the group's committed offsets (next offset to read per partition), for
-    ``Checkpoint``: a consumer of the group that never subscribes, so never joins it."""
-    holder: dict[str, AIOKafkaConsumer] = {}
+class Offsets:
+    """The group's committed offsets and the partitions' end offsets, read by a consumer of
+    the group that never subscribes (so never joins it); for ``Checkpoint`` and for lag.
 
-    async def lookup(tps: list[TP]) -> dict[TP, int]:
-        consumer = holder.get("consumer")
-        if consumer is None:
-            consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                        enable_auto_commit=False, request_timeout_ms=10_000)
-            await consumer.start()
-            holder["consumer"] = consumer
-        found = {}
+    Every call has a deadline: aiokafka waits for a group coordinator without one, and after a
+    broker restart such a wait can last forever. A call that fails or times out drops the
+    consumer, and the next call starts a new one."""
+
+    def __init__(self, bootstrap: str, group: str, timeout: float = 10.0) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self.timeout = timeout
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def _call(self, fn: Callable[[AIOKafkaConsumer], Awaitable[T]]) -> T:
         try:
+            if self._consumer is None:
+                consumer = AIOKafkaConsumer(
+                    bootstrap_servers=self.bootstrap, group_id=self.group,
+                    enable_auto_commit=False, request_timeout_ms=int(self.timeout * 1000))
+                self._consumer = consumer
+                await asyncio.wait_for(consumer.start(), self.timeout)
+            return await asyncio.wait_for(fn(self._consumer), self.timeout)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def committed(self, tps: list[TP]) -> dict[TP, int]:
+        """Next offset to read per partition, as the group committed it (absent: none)."""
+
+        async def read(consumer: AIOKafkaConsumer) -> dict[TP, int]:
+            found = {}
             for topic, partition in tps:
                 offset = await consumer.committed(TopicPartition(topic, partition))
                 if offset is not None and offset >= 0:
                     found[(topic, partition)] = offset
-        except Exception:
-            holder.pop("consumer", None)
-            await consumer.stop()
-            raise
-        return found
+            return found
 
-    return lookup
+        return await self._call(read)
+
+    async def ends(self, tps: list[TP]) -> dict[TP, int]:
+        if not tps:
+            return {}
+
+        async def read(consumer: AIOKafkaConsumer) -> dict[TP, int]:
+            ends = await consumer.end_offsets([TopicPartition(t, p) for t, p in tps])
+            return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+        return await self._call(read)
+
+    async def partitions(self, topics: Iterable[str]) -> list[TP]:
+        """Every partition of ``topics`` (fresh metadata)."""
+
+        async def read(consumer: AIOKafkaConsumer) -> list[TP]:
+            cluster = await consumer._client.fetch_all_metadata()
+            return [(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())]
+
+        return await self._call(read)
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(consumer.stop(), self.timeout)

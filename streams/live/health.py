@@ -53,7 +53,7 @@ class Metrics:
         self.last_batch = Gauge("stageroute_last_batch_seconds", "duration of the last batch",
                                 registry=r)
         self.domains = Gauge("stageroute_domains", "domains whose state is loaded", registry=r)
-        self.lag = Gauge("stageroute_consumer_lag", "records not yet consumed",
+        self.lag = Gauge("stageroute_consumer_lag", "input records not yet processed",
                          ["topic", "partition"], registry=r)
         self.healthy = Gauge("stageroute_healthy", "1 if /health answers ok", registry=r)
         self.last_commit: float | None = None

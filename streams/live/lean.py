@@ -64,8 +64,6 @@ class LeanWorker:
         try:
             await checkpoint.retry("broker", consumer.start)
             consumer.subscribe(list(s.names.inputs), listener=_Ownership(checkpoint))
-            parts.lag_from(lambda: {(tp.topic, tp.partition): hw for tp in consumer.assignment()
-                                    if (hw := consumer.highwater(tp)) is not None})
             while not self.stopping.is_set():
                 fetched = await consumer.getmany(timeout_ms=int(s.batch_within * 1000),
                                                  max_records=s.batch_size)
@@ -73,8 +71,6 @@ class LeanWorker:
                     continue
                 batch = [Message(r.topic, r.partition, r.offset, r.key, r.value)
                          for records in fetched.values() for r in records]
-                for m in batch:
-                    parts.note_consumed(m.topic, m.partition, m.offset)
                 offsets = await checkpoint.process(batch)
                 if offsets:
                     await self._commit(consumer, offsets)

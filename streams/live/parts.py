@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +12,7 @@ from aiohttp import web
 from sqlalchemy import text
 
 from streams.audit.store import AuditStore
-from streams.live.checkpoint import Checkpoint, OutputProducer, kafka_committed
+from streams.live.checkpoint import Checkpoint, Offsets, OutputProducer
 from streams.live.health import Health, Metrics, probe_forever, quiet_repeats, serve
 from streams.live.processor import Processor
 from streams.live.settings import WorkerSettings
@@ -28,25 +27,34 @@ class Parts:
     processor: Processor
     output: OutputProducer
     checkpoint: Checkpoint
-    consumed: dict[tuple[str, int], int] = field(default_factory=dict)
-    """Next offset to consume per partition (for lag)."""
+    offsets: Offsets
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
+    """End offset per watched partition, as last read."""
+    group_committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    """The group's committed offset per watched partition, as last read."""
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
 
-    def note_consumed(self, topic: str, partition: int, offset: int) -> None:
-        self.consumed[(topic, partition)] = offset + 1
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records not yet done per watched partition (as of the last read of the end
+        offsets): past what this worker's batches finished and what the group committed."""
+        done = dict(self.checkpoint.done)
+        return {tp: max(0, end - max(done.get(tp, 0), self.group_committed.get(tp, 0)))
+                for tp, end in self.ends.items()}
 
-    def lag_from(self, highwaters: Callable[[], Mapping[tuple[str, int], int]]) -> None:
-        """Tell /health and /metrics how to read the pending input."""
-
-        def lag() -> dict[tuple[str, int], int]:
-            try:
-                ends = highwaters()
-            except Exception:  # not started or rebalancing: no figure
-                return {}
-            return {tp: max(0, end - self.consumed.get(tp, end)) for tp, end in ends.items()}
-
-        self.health.lag = lag
+    async def _watch_ends(self) -> None:
+        """Read end offsets every probe interval, for lag and /health's stall rule (the
+        runtimes' own high-water marks go stale when a consumer is stuck). Watched: the
+        partitions this worker owns or, when it owns none (a consumer that fell out of its
+        group and did not come back, say), every input partition."""
+        inputs = self.settings.names.inputs
+        while True:
+            with contextlib.suppress(Exception):  # the broker probe reports an outage
+                tps = sorted(dict(self.processor.epochs))
+                tps = tps or await self.offsets.partitions(inputs)
+                self.group_committed = await self.offsets.committed(tps)
+                self.ends = await self.offsets.ends(tps)
+            await asyncio.sleep(self.settings.probe_every)
 
     async def start(self) -> None:
         """Serve /health and /metrics and start the probes (call on the event loop)."""
@@ -54,12 +62,14 @@ class Parts:
         quiet_repeats()
         self._runner = await serve(self.health, s.web_host, s.web_port, extra=lambda: {
             "run": s.run_name, "domains": sorted(self.processor.runs),
-            "partitions": sorted(f"{t}:{p}" for t, p in self.processor.epochs)})
+            "partitions": sorted(f"{t}:{p}" for t, p in self.processor.epochs),
+            "lag": {f"{t}:{p}": n for (t, p), n in sorted(self.lag().items()) if n}})
         self._tasks = [
             asyncio.ensure_future(probe_forever(self.health, "broker", self.output.probe,
                                                 s.probe_every)),
             asyncio.ensure_future(probe_forever(self.health, "database", self._probe_db,
                                                 s.probe_every)),
+            asyncio.ensure_future(self._watch_ends()),
         ]
 
     async def _probe_db(self) -> None:
@@ -75,6 +85,7 @@ class Parts:
             with contextlib.suppress(BaseException):
                 await task
         await self.checkpoint.close()
+        await self.offsets.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -85,6 +96,8 @@ def build_parts(settings: WorkerSettings, store: AuditStore) -> Parts:
     processor = Processor(store, settings.run_name, settings.config, metrics,
                           settings.snapshot_every)
     output = OutputProducer(settings.bootstrap, settings.names)
-    checkpoint = Checkpoint(processor, output, health,
-                            kafka_committed(settings.bootstrap, settings.group_id))
-    return Parts(settings, store, metrics, health, processor, output, checkpoint)
+    offsets = Offsets(settings.bootstrap, settings.group_id)
+    checkpoint = Checkpoint(processor, output, health, offsets.committed)
+    parts = Parts(settings, store, metrics, health, processor, output, checkpoint, offsets)
+    health.lag = parts.lag
+    return parts

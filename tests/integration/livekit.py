@@ -47,7 +47,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
         if predicate():
             return
         time.sleep(0.05)
-    tails = "\n".join(w.log_tail() for w in workers)
+    tails = "\n".join(f"{w.log_tail()}\n/health: {w.health()}" for w in workers)
     pytest.fail(f"timed out after {timeout} s waiting for {what}\n{tails}")
 
 
@@ -146,10 +146,10 @@ class StreamEnv:
         return worker
 
     def publish(self, events: Iterable[Event | tuple[bytes | None, bytes]],
-                pace: float = 0.0) -> None:
+                pace: float = 0.0, **producer_options: Any) -> None:
         """Send events (keyed by domain) or raw (key, value) records to ``<prefix>.events``;
         ``pace`` seconds between records."""
-        producer = make_producer(self.bootstrap)
+        producer = make_producer(self.bootstrap, **producer_options)
         try:
             for item in events:
                 if isinstance(item, tuple):
@@ -220,6 +220,15 @@ def stream_env_factory(kafka_bootstrap: str, migrated_db: str,
             admin.close()
 
 
+def wait_stored(env: StreamEnv, logs: dict[str, list[Event]], timeout: float,
+                workers: Iterable[Worker]) -> None:
+    """Wait until every domain's journal has as many events as its log."""
+    runs = [env.run_id(d) for d in logs]
+    total = sum(len(log) for log in logs.values())
+    wait_for(lambda: env.count("event_journal", runs) >= total, timeout, "every event stored",
+             workers)
+
+
 # --- what a correct run looks like ------------------------------------------------------------
 
 
@@ -239,9 +248,15 @@ def check_domain(env: StreamEnv, domain: str, log: list[Event]) -> None:
         run = store.get_run(run_id)
         assert run is not None, f"no run for domain {domain}"
         journal = list(store.journal(run_id))
-        assert [seq for seq, _ in journal] == list(range(len(log))), f"{domain}: journal seqs"
-        assert [e for _, e in journal] == [e.model_dump(mode="json") for e in log], \
-            f"{domain}: the journal is not the domain's log"
+        assert [seq for seq, _ in journal] == list(range(len(journal))), f"{domain}: seq gap"
+        events = [e for _, e in journal]
+        want = [e.model_dump(mode="json") for e in log]
+        if events != want:
+            first = next((i for i, (a, b) in enumerate(zip(events, want)) if a != b),
+                         min(len(events), len(want)))
+            pytest.fail(f"{domain}: the journal ({len(events)} events) is not the domain's "
+                        f"log ({len(want)}); first difference at seq {first}: "
+                        f"{events[first:first + 2]} vs {want[first:first + 2]}")
         rows = list(store.routing_decisions(run_id))
         queries = [e.query_id for e in log if e.type == "query"]
         assert Counter(r["query_id"] for r in rows) == Counter(queries), \

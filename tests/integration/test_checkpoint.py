@@ -19,7 +19,13 @@ from streams.audit.store import AuditStore
 from streams.live.checkpoint import CRASH_EXIT
 from streams.live.health import Metrics
 from streams.live.processor import Message, Processor, live_run_id
-from tests.integration.livekit import RUNTIMES, check_domain, check_topic, wait_for
+from tests.integration.livekit import (
+    RUNTIMES,
+    check_domain,
+    check_topic,
+    wait_for,
+    wait_stored,
+)
 from tests.synthetic import default_config, synthetic_log
 
 pytestmark = pytest.mark.integration
@@ -47,8 +53,7 @@ def test_a_crash_at_each_step_of_the_commit_protocol_loses_and_doubles_nothing(
     assert stored < queries
 
     restarted = env.start_worker(runtime, *options)
-    wait_for(lambda: env.count("routing_decisions", [env.run_id(DOMAIN)]) >= queries, 90,
-             "every decision after the restart", [restarted])
+    wait_stored(env, {DOMAIN: log}, 90, [restarted])
     assert restarted.stop() == 0
     check_domain(env, DOMAIN, log)
     check_topic(env, {DOMAIN: log})

@@ -27,6 +27,7 @@ from tests.integration.livekit import (
     decisions_on_topic,
     embedded,
     wait_for,
+    wait_stored,
 )
 from tests.synthetic import synthetic_log
 
@@ -52,9 +53,7 @@ def test_live_run_decides_each_query_once_verifies_and_equals_the_embedded_engin
     half = len(log) // 2
     env.publish([*log[:half], *((DOMAIN.encode(), raw) for raw in BAD_MESSAGES), *log[half:]])
     queries = sum(1 for e in log if e.type == "query")
-    runs = [env.run_id(DOMAIN)]
-    wait_for(lambda: env.count("routing_decisions", runs) >= queries, 90, "every decision",
-             [worker])
+    wait_stored(env, {DOMAIN: log}, 90, [worker])
     worker_run = [env.run_id("")]
     wait_for(lambda: env.count("dead_letters", worker_run) >= len(BAD_MESSAGES), 30,
              "the dead letters", [worker])
@@ -93,8 +92,7 @@ def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
     assert at_kill < queries, "killed too late to be mid-stream"
 
     second = env.start_worker(runtime, *options)
-    wait_for(lambda: env.count("routing_decisions", runs) >= queries, 120,
-             "every decision after restart", [second])
+    wait_stored(env, {DOMAIN: log}, 120, [second])
     after = second.metrics()
     assert second.stop() == 0
     print(f"{runtime}: killed at {at_kill}/{queries} decisions; after restart: {after}")
