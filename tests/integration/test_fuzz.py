@@ -27,6 +27,8 @@ from tests.synthetic import synthetic_log
 pytestmark = pytest.mark.integration
 
 N_BAD = 10_200
+NUMERIC = frozenset({"time", "stage", "alpha", "reward", "cost"})
+TEXT = frozenset({"query_id", "model_id", "domain"})
 
 
 def hostile(rng: random.Random, good: list[Any]) -> tuple[bytes | None, bytes]:
@@ -36,9 +38,10 @@ def hostile(rng: random.Random, good: list[Any]) -> tuple[bytes | None, bytes]:
     key = event["domain"].encode()
     if kind == 0:  # bytes
         return key, bytes(rng.randrange(256) for _ in range(rng.randrange(0, 200)))
-    if kind == 1:  # wrong types
-        field = rng.choice([k for k in event if k not in ("type", "schema_version")])
-        event[field] = rng.choice(["x", [], {}, None, True, "1.0"])
+    if kind == 1:  # wrong types of required fields
+        field = rng.choice([k for k in event if k in NUMERIC | TEXT])
+        event[field] = rng.choice(["x", [], {}, None, True, "1.0"] if field in NUMERIC else
+                                  [1, [], {}, None, True, 2.5])
         return key, json.dumps(event).encode()
     if kind == 2:  # extreme numbers
         field = rng.choice(["time", "cost", "reward", "alpha", "stage", "cost_min"])
