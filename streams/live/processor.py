@@ -34,14 +34,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from pydantic import ValidationError
-
 from schemas import (
     DeadLetter,
     DeadLetterReason,
     DeploymentDecision,
     Event,
-    EventRejected,
     RoutingDecision,
     decode_event,
     encode,
@@ -52,6 +49,8 @@ from streams.audit import live
 from streams.audit.live import TP, Fenced, RunWrite
 from streams.audit.recorder import decision_row, registry_row
 from streams.audit.store import AuditStore
+from streams.live.boundary import Message, decode
+from streams.live.boundary import letter as rejected  # `letter` names a dead letter below
 from streams.live.health import Metrics
 
 RUN_NAMESPACE: Final = uuid.UUID("5e7c2a4e-6d1b-4f5e-9b1a-2f0c3d4e5a60")
@@ -68,17 +67,6 @@ def live_run_id(run_name: str, domain: str) -> str:
 
 def worker_run_id(run_name: str) -> str:
     return live_run_id(run_name, WORKER_DOMAIN)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One consumed input record."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +194,7 @@ class Processor:
                 self.metrics.skipped.inc()
                 continue
             positions[tp] = msg.offset
-            todo.append((msg, *_decode(msg)))
+            todo.append((msg, *decode(msg)))
         # Loads touch the database: all of them before any state changes.
         for msg, event, _ in todo:
             if event is not None and event.domain not in self.runs:
@@ -220,9 +208,10 @@ class Processor:
                       "src_offset": msg.offset}
             run = self.runs.get(event.domain) if event is not None else None
             if event is not None and run is not None and run.partition != msg.partition:
-                letter = _letter(msg, DeadLetterReason.KEY_MISMATCH,
-                                 f"domain {event.domain!r} is consumed from partition "
-                                 f"{run.partition}, not {msg.partition}", encode(event).decode())
+                letter = rejected(msg, DeadLetterReason.KEY_MISMATCH,
+                                  f"domain {event.domain!r} is consumed from partition "
+                                  f"{run.partition}, not {msg.partition}",
+                                  encode(event).decode())
             if letter is not None or event is None or run is None:
                 assert letter is not None
                 self._write(batch, self.worker_run).dead_letters.append(
@@ -338,47 +327,6 @@ class Processor:
         loaded = self.runs[domain] = DomainRun(domain, run_id, state, partition)
         self.metrics.domains.set(len(self.runs))
         return loaded
-
-
-def _decode(msg: Message) -> tuple[Event | None, DeadLetter | None]:
-    """The record's event, or the dead letter it becomes at the boundary."""
-    try:
-        event = decode_event(msg.value if msg.value is not None else b"")
-    except EventRejected as rejected:
-        return None, _letter(msg, rejected.reason, rejected.detail, rejected.payload)
-    key = _key_text(msg.key)
-    if key != event.domain:
-        return None, _letter(msg, DeadLetterReason.KEY_MISMATCH,
-                             f"message key {key!r} is not the event's domain "
-                             f"{event.domain!r}", encode(event).decode())
-    return event, None
-
-
-def _letter(msg: Message, reason: DeadLetterReason, detail: str, payload: str) -> DeadLetter:
-    return DeadLetter(domain=_key_domain(msg.key), reason=reason, detail=detail,
-                      payload=payload)
-
-
-def _key_text(key: bytes | None) -> str | None:
-    if key is None:
-        return None
-    try:
-        return key.decode()
-    except UnicodeDecodeError:
-        return repr(key)
-
-
-def _key_domain(key: bytes | None) -> str:
-    """The domain a record's dead letter is published under: its key if that is a valid
-    domain, else the default domain."""
-    text = _key_text(key)
-    if not text:
-        return DEFAULT_DOMAIN
-    try:
-        DeadLetter(domain=text, reason=DeadLetterReason.MALFORMED, detail="", payload="")
-    except ValidationError:
-        return DEFAULT_DOMAIN
-    return text
 
 
 def _without(batch: Prepared, numbers: set[int], worker_run: str, loaded: set[str]) -> None:

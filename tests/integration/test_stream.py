@@ -77,13 +77,13 @@ def test_live_run_decides_each_query_once_verifies_and_equals_the_embedded_engin
 def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
         stream_env_factory: Any, runtime: str) -> None:
     env = stream_env_factory()
-    log = synthetic_log(3000, env.config, domain=DOMAIN)
+    log = synthetic_log(1500, env.config, domain=DOMAIN)
     queries = sum(1 for e in log if e.type == "query")
     runs = [env.run_id(DOMAIN)]
     env.publish(log)
     # Small batches and frequent snapshots: many commits to kill between, and the restart
     # goes through snapshot + journal replay.
-    options = ("--batch-size", "50", "--snapshot-every", "700")
+    options = ("--batch-size", "50", "--snapshot-every", "400")
     first = env.start_worker(runtime, *options)
     wait_for(lambda: env.count("routing_decisions", runs) >= queries // 3, 90,
              "a third of the decisions", [first])
