@@ -75,7 +75,17 @@ class ModelStats:
             self.risk = 0.0 if self.pending == 0 else self.cost_max
 
     def observe(self, reward: float, cost: float) -> None:
-        """Welford update: ``mean += (x - mean) / n``, ``M2 += (x - mean_old) (x - mean_new)``."""
+        """Welford update: ``mean += (x - mean) / n``, ``M2 += (x - mean_old) (x - mean_new)``.
+
+        The cost is taken clipped to the model's range ``[cost_min, cost_max]`` (the range its
+        bounds are clipped to anyway): one absurd observed cost cannot blow the variance up
+        (an infinite or huge variance would pin ``c_L`` to ``cost_min``, so that the model looked
+        free forever), and the statistics stay finite. The engine's realised spend and the
+        dearest cost seen (``max_c``, what the budget ledger charges) still take the cost as
+        observed: an absurd cost makes a model look dearer, never cheaper.
+        """
+        self.max_c = max(self.max_c, cost)
+        cost = min(max(cost, self.cost_min), self.cost_max)
         self.n += 1
         n = self.n
         delta = reward - self.mean_r
@@ -84,7 +94,6 @@ class ModelStats:
         delta = cost - self.mean_c
         self.mean_c += delta / n
         self.m2_c += delta * (cost - self.mean_c)
-        self.max_c = max(self.max_c, cost)
 
     def refresh_bounds(self, gamma: float, cost_scale: float, price_weight: float) -> None:
         """Refresh ``mu_U = clip(m_r + 2 f_rad, 0, 1)``, ``c_L = clip(m_c - 2 f_rad, c1, c2)``

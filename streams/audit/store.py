@@ -119,7 +119,7 @@ _ROUTING: Final = _Target(
     RoutingDecisionRow.__table__,
     ("seq", "query_id", "stage", "time", "policy", "model_id", "deployed", "mu_u", "c_l",
      "alpha", "budget", "p", "draw", "status", "cached"),
-    ("query_id",),
+    ("seq",),
     json=frozenset({"deployed", "mu_u", "c_l", "alpha", "p"}),
 )
 _DEPLOYMENT: Final = _Target(

@@ -57,11 +57,13 @@ and domain (default "default") on every row. For example:
 
 WORKER_DESCRIPTION = """\
 Consume every input topic, route with StageRoute per domain (each domain is a live run of its
-own, named by --run-id and the domain), commit journal, decisions and consumer tracking to
-PostgreSQL in one transaction per batch, then publish the decisions to
-<prefix>.routing-decisions. Serves /health and /metrics. Stop with SIGTERM or Ctrl-C
-(engine state is snapshotted); after a crash, restart with the same --run-id: nothing is lost
-or doubled. Checks before it starts that the broker answers and the topics exist.
+own, named by --run-id and the domain), publish each decision to <prefix>.routing-decisions
+at once, and commit journal, decisions and input positions to PostgreSQL in one transaction
+per batch under the partition owner's fence. Run several workers with the same --run-id to
+scale out over partitions. Serves /health and /metrics; database and broker outages are
+waited out (health: degraded, HTTP 503). Stop with SIGTERM or Ctrl-C (engine state is
+snapshotted); after a crash, restart with the same --run-id: nothing is lost or doubled.
+Checks before it starts that the broker answers and the topics exist.
 
 See the live run afterwards with: stageroute audit runs; stageroute audit verify RUN_NAME.
 """
@@ -136,6 +138,8 @@ def _worker_parser(sub: SubParsers[Any]) -> None:
                    "stageroute-worker-<run-id>)")
     p.add_argument("--session-timeout", metavar="SECONDS", help="consumer group session "
                    "timeout (default 10; a killed worker's partitions move after this long)")
+    p.add_argument("--stall-after", metavar="SECONDS", help="seconds without a commit while "
+                   "input is pending after which /health reports degraded (default 60)")
     p.add_argument("--log-level", metavar="LEVEL", help="log level: debug, info (default), "
                    "warning, error")
     p.add_argument("--runtime", choices=["faust", "aiokafka"],
@@ -209,7 +213,7 @@ def _worker(opts: Options) -> int:
     from pydantic import ValidationError
 
     from stageroute.engine import EngineConfig
-    from streams.live.app import WorkerSettings, run_worker
+    from streams.live.settings import WorkerSettings
 
     path = opts.get("engine_config", text, None)
     run_name = opts.get("run_id", text, None)
@@ -234,7 +238,8 @@ def _worker(opts: Options) -> int:
         web_host=opts.get("web_host", text, "127.0.0.1"),
         web_port=opts.get("web_port", positive_int, 6066),
         group=opts.get("group", text, None), topic_prefix=_names(opts).prefix,
-        session_timeout=opts.get("session_timeout", positive_float, 10.0))
+        session_timeout=opts.get("session_timeout", positive_float, 10.0),
+        stall_after=opts.get("stall_after", positive_float, 60.0))
     runtime = opts.get("runtime", text, "faust")
     _check_choice("--runtime", runtime, ("faust", "aiokafka"))
     if runtime == "aiokafka":
@@ -242,6 +247,8 @@ def _worker(opts: Options) -> int:
 
         run_lean(settings, store)
     else:
+        from streams.live.app import run_worker
+
         run_worker(settings, store, loglevel=opts.get("log_level", text, "info"))
     return 0
 

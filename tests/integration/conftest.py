@@ -92,3 +92,8 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
     repo's KRaft broker, started with ``infra/kafka.sh start`` (port from
     ``$STAGEROUTE_KAFKA_PORT``; stopped at the end unless it was running before)."""
     return os.environ.get("STAGEROUTE_TEST_KAFKA") or _start(KAFKA_SH, "address", request)
+
+
+from tests.integration.livekit import stream_env_factory  # noqa: E402  (a fixture)
+
+__all__ = ["stream_env_factory"]

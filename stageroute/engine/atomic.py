@@ -1,0 +1,80 @@
+"""All or nothing: what ``apply`` restores when a handler raises midway.
+
+Handlers change the state in place (for speed) and may call solvers and policies that can
+raise on inputs the contract lets through (a solver's non-optimal status, say). ``capture``
+takes, before an event is applied, what its handler may change: every field of ``EngineState``
+(the containers among them copied one level deep: the model registry, the deployed list, the
+counters, ...; the budget ledger copied), the values of the model the event names, and whether
+the event's query id was tracked.  A query changes another model (the one it is routed to:
+its count of queries awaiting feedback) only after everything that can fail has been done.
+``restore`` puts all of that back.
+The tracked queries themselves are not copied (they are the large part of the state): a
+handler adds or drops only the entry of its event's query id, and ``restore`` undoes exactly
+that. Cost: a few dict copies of the size of the model registry per event.
+
+A new field of ``EngineState`` is covered as long as it is a value or a dict/list/set of
+values; a handler that mutates another ``ModelStats`` than its event's, or another query's
+entry, must extend ``capture``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from schemas import Event
+from stageroute.engine.budget import Ledger
+from stageroute.engine.state import EngineState
+from stageroute.policies import ModelStats
+
+_SKIP = frozenset({"queries", "answered"})
+_MODEL_FIELDS = tuple(f.name for f in fields(ModelStats))
+
+
+@dataclass(slots=True)
+class Undo:
+    values: dict[str, Any]
+    model: tuple[ModelStats, tuple[Any, ...]] | None
+    query_id: str | None
+    query: Any
+    answered: bool
+
+
+def capture(state: EngineState, event: Event) -> Undo:
+    values: dict[str, Any] = {}
+    for f in fields(state):
+        if f.name in _SKIP:
+            continue
+        value = getattr(state, f.name)
+        if isinstance(value, OrderedDict):
+            value = OrderedDict(value)
+        elif isinstance(value, Ledger):
+            value = replace(value)
+        elif isinstance(value, dict | list | set):
+            value = type(value)(value)
+        values[f.name] = value
+    model_id = getattr(event, "model_id", None)
+    stats = state.models.get(model_id) if model_id is not None else None
+    model = None if stats is None else (stats, tuple(getattr(stats, n) for n in _MODEL_FIELDS))
+    query_id = getattr(event, "query_id", None)
+    return Undo(values, model, query_id, state.queries.get(query_id) if query_id else None,
+                query_id in state.answered if query_id else False)
+
+
+def restore(state: EngineState, undo: Undo) -> None:
+    for name, value in undo.values.items():
+        setattr(state, name, value)
+    if undo.model is not None:
+        stats, saved = undo.model
+        for name, value in zip(_MODEL_FIELDS, saved):
+            setattr(stats, name, value)
+    query_id = undo.query_id
+    if query_id is None:
+        return
+    if undo.query is None:
+        state.queries.pop(query_id, None)
+    elif state.queries.get(query_id) is not undo.query:
+        state.queries[query_id] = undo.query
+    if not undo.answered:
+        state.answered.pop(query_id, None)
