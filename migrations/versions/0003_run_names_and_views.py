@@ -11,7 +11,7 @@
   ``deployments_per_stage`` (one row per deployment decision and candidate model).
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-03
 """
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -64,10 +64,15 @@ VIEWS = {
         LEFT JOIN (
             -- accepted feedback only: a rejected one (duplicate, wrong model, ...) has a
             -- dead letter with its journal seq
-            SELECT j.run_id, j.event, j.applied_at FROM event_journal j
+            SELECT j.run_id, j.seq, j.event, j.applied_at FROM event_journal j
             WHERE j.event_type = 'feedback' AND NOT EXISTS (
                 SELECT 1 FROM dead_letters x WHERE x.run_id = j.run_id AND x.seq = j.seq)
         ) AS f ON f.run_id = d.run_id AND f.event ->> 'query_id' = d.query_id
+            -- a reused query id: feedback belongs to the newest decision before it
+            AND f.seq > d.seq AND NOT EXISTS (
+                SELECT 1 FROM routing_decisions d2
+                WHERE d2.run_id = d.run_id AND d2.query_id = d.query_id
+                  AND d2.seq > d.seq AND d2.seq < f.seq)
     """,
     "deployments_per_stage": """
         SELECT d.run_id, r.name AS run_name, r.domain, d.stage, d.seq, d.time, d.policy,
