@@ -249,15 +249,26 @@ class Checkpoint:
             return
         async with self.lock:
             await self.drain()
-            committed = await self.retry("broker", lambda: self.committed(tps))
-            resend = await self.retry(
-                "database", lambda: self._call(self.processor.assign, tps, committed))
-            if resend:
-                log.info("re-sending %d committed outputs of %s", len(resend), tps)
-                await self.retry("broker", lambda: self.output.send_all(resend))
+            try:
+                committed = await self.retry("broker", lambda: self.committed(tps))
+                resend = await self.retry(
+                    "database", lambda: self._call(self.processor.assign, tps, committed))
+                if resend:
+                    log.info("re-sending %d committed outputs of %s", len(resend), tps)
+                    await self.retry("broker", lambda: self.output.send_all(resend))
+            except Exception:
+                # A claim still retrying when the worker is told to stop gives up quietly:
+                # records of a partition never claimed are neither applied nor committed
+                # (``Processor.prepare`` skips them), and the next owner's claim re-sends
+                # what this one did not. Raising would turn a clean stop into a crash.
+                if not self.stopping.is_set():
+                    raise
+                log.info("stopping: claim of %s abandoned", tps)
 
     async def on_revoked(self, partitions: Iterable[TP]) -> None:
         tps = list(partitions)
+        if self.stopping.is_set():
+            return  # after ``close``: stored and committed what it could; the process ends
         async with self.lock:  # the in-flight batch finishes first, then the stored ones
             await self.drain()
             await self.flush_offsets()
@@ -303,10 +314,13 @@ class Checkpoint:
         self.check()
 
     async def drain(self) -> None:
-        """Wait until every applied batch is stored (raises the persister's fatal error)."""
+        """Wait until every applied batch is stored (raises the persister's fatal error).
+        Returns at once after ``close``: the persister is gone, and what it did not store
+        has no committed offsets (it is redelivered to the next owner)."""
         progress = self._start()
         async with progress:
-            await progress.wait_for(lambda: not self.pending or self.failed is not None)
+            await progress.wait_for(lambda: not self.pending or self.failed is not None
+                                    or self.stopping.is_set())
         self.check()
 
     async def _persist_forever(self) -> None:
@@ -416,12 +430,14 @@ class Checkpoint:
         def before_sleep(state: RetryCallState) -> None:
             nonlocal first_failure
             exc = state.outcome.exception() if state.outcome else None
+            # asyncio.TimeoutError has no message: name the type, or the log line is empty.
+            reason = f"{type(exc).__name__}: {exc}".strip(": ")
             self.health.metrics.retries.labels(service).inc()
-            self.health.degrade(service, f"{type(exc).__name__}: {str(exc)[:200]}")
+            self.health.degrade(service, reason[:200])
             if first_failure is None:
                 first_failure = time.monotonic()
                 log.warning("%s unavailable (%s); pausing and retrying with backoff",
-                            service, str(exc).splitlines()[0][:200] if exc else "")
+                            service, reason.splitlines()[0][:200])
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(transient), reraise=True, before_sleep=before_sleep,
@@ -444,6 +460,9 @@ class Checkpoint:
         with contextlib.suppress(Exception):
             await self.flush_offsets()
         self.stopping.set()
+        if self._progress is not None:  # wake whatever waits on the persister
+            async with self._progress:
+                self._progress.notify_all()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(BaseException):
