@@ -9,11 +9,13 @@ pending query, resolved by the consumer); ``SyncClient`` wraps it for threaded c
         ...  # serve the query with route.model_id
         await client.feedback("q-1", route.model_id, reward=1.0, cost=0.0012, domain="eu")
 
-**Timeout and fallback.** ``route`` waits ``timeout`` seconds (default 0.5). Without a decision
-by then, or when the worker rejects the query (a dead letter: ``no_models``,
-``duplicate_query``, ...), it returns the ``fallback_model`` with ``fallback`` set to why; with no
-fallback model configured it raises ``NoDecision``. The query is in the log either way, so the
-worker still decides it (late) and stores that decision: its model is not the fallback the
+**Timeout and fallback.** ``route`` waits ``timeout`` seconds (default 0.5) for publishing the
+query and receiving its decision. Without a decision by then, when the query could not be
+published (``unsent (...)``, a broker error), or when the worker rejects the query (a dead
+letter: ``no_models``, ``duplicate_query``, ...), it returns the ``fallback_model`` with
+``fallback`` set to why; with no fallback model configured it raises ``NoDecision``. A query
+that was published is in the log either way, so the worker still decides it (late) and
+stores that decision: its model is not the fallback the
 gateway served, so ``feedback`` for a query that fell back is not sent (it would be a
 ``model_mismatch`` dead letter); the query stays awaiting feedback, its cost estimate counted as
 spent by the budget ledger, until the engine forgets it (``max_tracked_queries``,
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from schemas import (
@@ -113,6 +116,7 @@ class Client:
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[tuple[str, str], asyncio.Future[RoutingDecision | str]] = {}
         self._fallbacks: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._sending: set[asyncio.Task[RoutingDecision | str]] = set()
         self.partitions: list[int] = []
         """Partition numbers of the output topics this client reads."""
 
@@ -121,8 +125,11 @@ class Client:
     async def start(self) -> None:
         """Connect, and position the consumer at the end of its partitions: every decision
         made from now on is seen."""
+        # linger 0: a query leaves at once; large batches: what piles up while a request is
+        # in flight (thousands of queries and feedbacks a second) goes in one.
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                    enable_idempotence=True, linger_ms=0)
+                                    enable_idempotence=True, linger_ms=0,
+                                    max_batch_size=256 * 1024)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="latest",
                                     fetch_max_wait_ms=100)
@@ -186,14 +193,20 @@ class Client:
         future: asyncio.Future[RoutingDecision | str] = \
             asyncio.get_running_loop().create_future()
         self._pending[key] = future
+        # One deadline for publishing and deciding (a producer whose buffer is full must not
+        # hold the gateway longer than a slow worker may); at the deadline the query is still
+        # sent, only its decision is no longer awaited.
+        task = asyncio.ensure_future(self._decide(query, future))
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
         try:
-            sent = await self._send(query)
-            sent.add_done_callback(lambda f: _fail_on_error(f, future))
-            try:
-                outcome = await asyncio.wait_for(future, self.timeout if timeout is None
-                                                 else timeout)
-            except TimeoutError:
-                outcome = "timeout"
+            outcome = await asyncio.wait_for(asyncio.shield(task),
+                                             self.timeout if timeout is None else timeout)
+        except TimeoutError:
+            outcome = "timeout"
+            future.cancel()
+        except KafkaError as exc:
+            outcome = f"unsent ({type(exc).__name__})"
         finally:
             self._pending.pop(key, None)
         if isinstance(outcome, RoutingDecision):
@@ -204,6 +217,17 @@ class Client:
         if len(self._fallbacks) > FALLBACKS_REMEMBERED:
             self._fallbacks.popitem(last=False)
         return Route(self.fallback_model, None, outcome)
+
+    def _sent(self, task: asyncio.Task[Any]) -> None:
+        self._sending.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # retrieved, and said
+            log.debug("query not published: %r", task.exception())
+
+    async def _decide(self, query: Query,
+                      future: asyncio.Future[RoutingDecision | str]) -> RoutingDecision | str:
+        sent = await self._send(query)
+        sent.add_done_callback(lambda f: _fail_on_error(f, future))
+        return await future
 
     async def feedback(self, query_id: str, model_id: str, reward: float, cost: float,
                        domain: str | None = None) -> bool:
