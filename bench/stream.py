@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-within", type=float, default=0.02,
                         help="seconds the worker waits to fill a batch")
     parser.add_argument("--web-port", type=int, default=16077)
-    parser.add_argument("--runtime", choices=["faust", "aiokafka"], default="faust")
+    parser.add_argument("--runtime", choices=["faust", "aiokafka"], default="aiokafka")
     args = parser.parse_args(argv)
 
     from schemas import encode

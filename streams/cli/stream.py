@@ -148,8 +148,9 @@ def _worker_parser(sub: SubParsers[Any]) -> None:
     p.add_argument("--log-level", metavar="LEVEL", help="log level: debug, info (default), "
                    "warning, error")
     p.add_argument("--runtime", choices=["faust", "aiokafka"],
-                   help="faust: a faust-streaming agent (default); aiokafka: a plain consumer "
-                        "loop, same processing and commit order, less per-record overhead")
+                   help="aiokafka: a plain consumer loop (default); faust: a faust-streaming "
+                        "agent, same processing and commit order, ~2.5x slower here "
+                        "(bench/RESULTS.md)")
     p.set_defaults(handler=_worker)
 
 
@@ -247,7 +248,7 @@ def _worker(opts: Options) -> int:
         stall_after=opts.get("stall_after", positive_float, 60.0),
         max_lag_records=opts.get("max_trail_lag", positive_int, 20_000),
         max_lag_seconds=opts.get("max_trail_seconds", positive_float, 5.0))
-    runtime = opts.get("runtime", text, "faust")
+    runtime = opts.get("runtime", text, "aiokafka")
     _check_choice("--runtime", runtime, ("faust", "aiokafka"))
     if runtime == "aiokafka":
         from streams.live.lean import run_lean
