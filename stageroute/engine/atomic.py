@@ -20,7 +20,9 @@ entry, must extend ``capture``.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 from typing import Any
 
 from schemas import Event
@@ -29,7 +31,13 @@ from stageroute.engine.state import EngineState
 from stageroute.policies import ModelStats
 
 _SKIP = frozenset({"queries", "answered"})
+_STATE_FIELDS = tuple(f.name for f in fields(EngineState) if f.name not in _SKIP)
 _MODEL_FIELDS = tuple(f.name for f in fields(ModelStats))
+_model_values = attrgetter(*_MODEL_FIELDS)
+# One level deep, by exact type (a dispatch on the type is the fast path: this runs per event).
+_COPY: dict[type, Callable[[Any], Any]] = {
+    dict: dict.copy, list: list.copy, set: set.copy, OrderedDict: OrderedDict.copy,
+    Ledger: replace}
 
 
 @dataclass(slots=True)
@@ -43,20 +51,17 @@ class Undo:
 
 def capture(state: EngineState, event: Event) -> Undo:
     values: dict[str, Any] = {}
-    for f in fields(state):
-        if f.name in _SKIP:
-            continue
-        value = getattr(state, f.name)
-        if isinstance(value, OrderedDict):
-            value = OrderedDict(value)
-        elif isinstance(value, Ledger):
-            value = replace(value)
-        elif isinstance(value, dict | list | set):
+    for name in _STATE_FIELDS:
+        value = getattr(state, name)
+        copy = _COPY.get(type(value))
+        if copy is not None:
+            value = copy(value)
+        elif isinstance(value, dict | list | set):  # a subclass: slower, still one level
             value = type(value)(value)
-        values[f.name] = value
+        values[name] = value
     model_id = getattr(event, "model_id", None)
     stats = state.models.get(model_id) if model_id is not None else None
-    model = None if stats is None else (stats, tuple(getattr(stats, n) for n in _MODEL_FIELDS))
+    model = None if stats is None else (stats, _model_values(stats))
     query_id = getattr(event, "query_id", None)
     return Undo(values, model, query_id, state.queries.get(query_id) if query_id else None,
                 query_id in state.answered if query_id else False)
