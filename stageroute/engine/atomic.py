@@ -2,39 +2,47 @@
 
 Handlers change the state in place (for speed) and may call solvers and policies that can
 raise on inputs the contract lets through (a solver's non-optimal status, say). ``capture``
-takes, before an event is applied, what its handler may change: every field of ``EngineState``
-(the containers among them copied one level deep: the model registry, the deployed list, the
-counters, ...; the budget ledger copied), the values of the model the event names, and whether
-the event's query id was tracked.  A query changes another model (the one it is routed to:
-its count of queries awaiting feedback) only after everything that can fail has been done.
-``restore`` puts all of that back.
+takes, before an event is applied, what its handler may change: the scalar fields of
+``EngineState``, its containers copied one level deep (the model registry, the deployed list
+and ids, the counters), the budget ledger's values, the values of the model the event names,
+and whether the event's query id was tracked. A query changes another model (the one it is
+routed to: its count of queries awaiting feedback) only after everything that can fail has
+been done. ``restore`` puts all of that back.
 The tracked queries themselves are not copied (they are the large part of the state): a
 handler adds or drops only the entry of its event's query id, and ``restore`` undoes exactly
-that. Cost: a few dict copies of the size of the model registry per event.
+that.
 
-A new field of ``EngineState`` is covered as long as it is a value or a dict/list/set of
-values; a handler that mutates another ``ModelStats`` than its event's, or another query's
-entry, must extend ``capture``.
+The fields are named one by one, not found by reflection: this runs before every event, and
+a generic walk over the dataclass cost more than the query's routing itself. ``COVERED``
+lists them; a test fails when ``EngineState`` gains a field that is not in it. A handler that
+mutates another ``ModelStats`` than its event's, or another query's entry, must extend
+``capture``.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 from schemas import Event
-from stageroute.engine.budget import Ledger
 from stageroute.engine.state import EngineState
 from stageroute.policies import ModelStats
 
-_SKIP = frozenset({"queries", "answered"})
+#: The fields of ``EngineState`` that ``capture`` saves and ``restore`` puts back.
+COVERED = frozenset({"config", "policy", "seq", "stage", "clock", "ledger", "spent", "models",
+                     "deployed", "deployed_ids", "route_cache", "counters"})
+#: The fields it leaves alone: handlers touch only the event's own entry of these.
+PER_QUERY = frozenset({"queries", "answered"})
+
+_model_values = attrgetter(*(f.name for f in fields(ModelStats)))
 _MODEL_FIELDS = tuple(f.name for f in fields(ModelStats))
 
 
 @dataclass(slots=True)
 class Undo:
-    values: dict[str, Any]
+    state: tuple[Any, ...]
+    ledger: tuple[int, float]
     model: tuple[ModelStats, tuple[Any, ...]] | None
     query_id: str | None
     query: Any
@@ -42,32 +50,29 @@ class Undo:
 
 
 def capture(state: EngineState, event: Event) -> Undo:
-    values: dict[str, Any] = {}
-    for f in fields(state):
-        if f.name in _SKIP:
-            continue
-        value = getattr(state, f.name)
-        if isinstance(value, OrderedDict):
-            value = OrderedDict(value)
-        elif isinstance(value, Ledger):
-            value = replace(value)
-        elif isinstance(value, dict | list | set):
-            value = type(value)(value)
-        values[f.name] = value
-    model_id = getattr(event, "model_id", None)
+    ledger = state.ledger
+    saved = (state.config, state.policy, state.seq, state.stage, state.clock, ledger,
+             state.spent, state.models.copy(), state.deployed.copy(), state.deployed_ids.copy(),
+             state.route_cache, state.counters.copy())
+    # An event's fields are in its __dict__ (pydantic); getattr of an absent one would raise.
+    named = event.__dict__
+    model_id = named.get("model_id")
     stats = state.models.get(model_id) if model_id is not None else None
-    model = None if stats is None else (stats, tuple(getattr(stats, n) for n in _MODEL_FIELDS))
-    query_id = getattr(event, "query_id", None)
-    return Undo(values, model, query_id, state.queries.get(query_id) if query_id else None,
+    model = None if stats is None else (stats, _model_values(stats))
+    query_id = named.get("query_id")
+    return Undo(saved, (ledger.routed, ledger.committed), model, query_id,
+                state.queries.get(query_id) if query_id else None,
                 query_id in state.answered if query_id else False)
 
 
 def restore(state: EngineState, undo: Undo) -> None:
-    for name, value in undo.values.items():
-        setattr(state, name, value)
+    (state.config, state.policy, state.seq, state.stage, state.clock, state.ledger,
+     state.spent, state.models, state.deployed, state.deployed_ids, state.route_cache,
+     state.counters) = undo.state
+    state.ledger.routed, state.ledger.committed = undo.ledger
     if undo.model is not None:
-        stats, saved = undo.model
-        for name, value in zip(_MODEL_FIELDS, saved):
+        stats, values = undo.model
+        for name, value in zip(_MODEL_FIELDS, values):
             setattr(stats, name, value)
     query_id = undo.query_id
     if query_id is None:

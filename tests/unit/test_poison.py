@@ -3,6 +3,7 @@ database carry, ``apply`` is atomic, and statistics stay finite under extreme va
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -23,7 +24,8 @@ from schemas import (
     encode,
 )
 from schemas.base import MAX_INDEX, MAX_SECONDS, MAX_USD, MIN_SHARE
-from stageroute.engine import apply, restore, snapshot
+from stageroute.engine import apply, atomic, restore, snapshot
+from stageroute.engine.state import EngineState
 from tests.factories import (
     arrived,
     new_state,
@@ -86,6 +88,13 @@ def test_a_handler_that_raises_leaves_the_state_as_it_was_and_yields_a_dead_lett
     assert after == before, "the stage, the deployed set and the registry are as they were"
     # The engine goes on: the next query is routed over the unchanged deployed set.
     assert step(state, query("q2", 2.0))[0].model_id == "a"
+
+
+def test_capture_covers_every_field_of_the_engine_state() -> None:
+    """``capture`` names the fields one by one (for speed): a new field must be added to it
+    (or declared per-query) before this passes."""
+    names = {f.name for f in dataclasses.fields(EngineState)}
+    assert names == atomic.COVERED | atomic.PER_QUERY, names ^ (atomic.COVERED | atomic.PER_QUERY)
 
 
 # --- extreme but valid events ---------------------------------------------------------------------
