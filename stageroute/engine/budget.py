@@ -88,11 +88,22 @@ def plan(ledger: Ledger, budget: float, cost: list[float], risk: list[float],
     """
     if budget < cheapest_mix_cost(cost, alpha):
         return Plan(alpha, budget, True)
+    return limits(ledger, budget, budget, cost, risk, alpha, overdraft, reserve, window)
+
+
+def limits(ledger: Ledger, budget: float, target: float, cost: list[float], risk: list[float],
+           alpha: list[float], overdraft: float, reserve: float, window: int) -> Plan:
+    """Rules 1 and 2 for a query whose planned spend is ``target`` (``budget``, the nominal
+    per-query budget, for a policy that plans no other): rule 1's headroom is always the
+    nominal budget line's, and rule 2 paces ``target`` by the same correction ``(b n - C_n) / W``
+    for every query.  A contextual plan gives each context its own ``target`` ``b_x`` with
+    ``sum_x f_x b_x = b`` (``stageroute.engine.context``), so the expected committed spend per
+    query is ``(1 - rho) b + (b n - C_n) / W`` as above and rule 2's slack settles as stated."""
     n, committed = ledger.routed, ledger.committed
     headroom = (1.0 + overdraft) * budget * (n + 1) - committed
     caps = [a if r <= headroom else 0.0 for a, r in zip(alpha, risk)]
     if sum(caps) < min(1.0, sum(alpha)) * (1.0 - 1e-12):
         # The affordable models cannot carry all traffic within their shares.
         return Plan(alpha, cheapest_mix_cost(cost, alpha), False)
-    paced = (1.0 - reserve) * budget + (budget * n - committed) / window
+    paced = (1.0 - reserve) * target + (budget * n - committed) / window
     return Plan(caps, max(min(paced, headroom), cheapest_mix_cost(cost, caps)), False)
