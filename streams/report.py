@@ -15,13 +15,22 @@ from stageroute.backtest.runner import RunResult
 
 COLUMNS = [("policy", "policy", "{}"), ("avg_reward", "reward", "{:.4f}"),
            ("avg_cost", "cost $", "{:.6f}"), ("budget_use", "budget use", "{:.1%}"),
-           ("pct_of_oracle", "% oracle", "{:.1f}"), ("regret", "regret", "{:.0f}"),
+           ("pct_of_oracle", "% oracle", "{:.1f}"),
+           ("pct_of_contextual_oracle", "% ctx oracle", "{:.1f}"), ("regret", "regret", "{:.0f}"),
            ("deploys_per_stage", "deploys/stage", "{:.2f}"), ("queries_per_second", "q/s",
                                                               "{:,.0f}")]
 
 
+def _rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The oracles first (the contextual one when it ran), then the policies."""
+    oracles = [{**summary["oracle"], "policy": "oracle"}]
+    if summary.get("contextual_oracle"):
+        oracles.append(summary["contextual_oracle"])
+    return [*oracles, *summary["policies"]]
+
+
 def print_table(summary: dict[str, Any]) -> None:
-    rows = [{**summary["oracle"], "policy": "oracle"}, *summary["policies"]]
+    rows = _rows(summary)
     for row in rows:
         row["deploys_per_stage"] = len(row["deployments"]) / summary["stages"]
     cells = [[fmt.format(row[key]) if row.get(key) is not None else "-"
@@ -108,7 +117,7 @@ def write_report(path: str, summary: dict[str, Any], oracle: RunResult,
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     image = base64.b64encode(buffer.getvalue()).decode()
-    rows = [{**summary["oracle"], "policy": "oracle"}, *summary["policies"]]
+    rows = _rows(summary)
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in COLUMNS[:-2])
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(fmt.format(r[k]) if r.get(k) is not None else '-')}"

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stageroute.backtest.driver import Stream, iid_rows
-from stageroute.backtest.runner import RunResult, run_all
+from stageroute.backtest.runner import RunResult, run_all, run_contextual_oracle
 from stageroute.backtest.scenario import Scenario, ScenarioError, all_live, parse_schedule
 from stageroute.engine import EngineConfig
 from stageroute.policies import POLICIES
@@ -33,6 +33,7 @@ from streams.tables import RewardTable, load_table
 
 DEFAULT_POLICIES = "stageroute,greedy,random"
 DEFAULT_GAMMA = EngineConfig.model_fields["gamma"].default
+ORACLES = {"oracle", "contextual_oracle"}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,8 +77,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--no-pacing", action="store_const", const=True, default=None,
                    dest="no_pacing", help="route every query with the nominal budget (no "
                    "budget ledger): realised spend may then exceed the budget")
-    p.add_argument("--policies", help=f"comma-separated, from: {', '.join(sorted(POLICIES))} "
-                   f"(default {DEFAULT_POLICIES}; the oracle always runs)")
+    p.add_argument("--policies", help=f"comma-separated, from: "
+                   f"{', '.join(sorted(set(POLICIES) - ORACLES))} (default {DEFAULT_POLICIES}; "
+                   f"the oracle always runs, and the contextual oracle when the data has tasks)")
     p.add_argument("--json", help="write a machine-readable summary here")
     p.add_argument("--report", help="write a report: .png (plots) or .html (plots and table)")
     p.add_argument("--db-url", help="SQLAlchemy URL of the audit database (default: an "
@@ -123,10 +125,10 @@ def plan(opts: Options) -> Plan:
         raise UsageError(f"--order: expected iid or table, got {order!r}")
     names = [n.strip() for n in opts.get("policies", text, DEFAULT_POLICIES).split(",")
              if n.strip()]
-    unknown = [n for n in names if n not in POLICIES or n == "oracle"]
+    unknown = [n for n in names if n not in POLICIES or n in ORACLES]
     if unknown or not names:
         raise UsageError(f"--policies: unknown {', '.join(unknown) or '(none given)'}; "
-                         f"choose from {', '.join(sorted(set(POLICIES) - {'oracle'}))}")
+                         f"choose from {', '.join(sorted(set(POLICIES) - ORACLES))}")
 
     try:
         scenario, source = _scenario(opts.get("scenario", text, None), table, horizon, stages)
@@ -181,12 +183,14 @@ def run_command(opts: Options) -> int:
         recorder = open_recorder(opts.get("db_url", text, None), kind="backtest",
                          meta={"data": p.table.source, "scenario": p.schedule_source,
                                "beta": p.beta, "alpha": p.stream.default_alpha})
-    total = p.scenario.horizon * (len(p.policies) + 1)
+    total = p.scenario.horizon * (len(p.policies) + 1 + bool(p.table.task_means()))
     with tqdm(total=total, unit="q", disable=bool(opts.flags.get("quiet")),
               desc="backtest", dynamic_ncols=True) as bar:
         oracle, results = run_all(p.table, p.stream, p.config, p.policies, recorder,
                                   bar.update, time.perf_counter)
-    summary = _summary(p, oracle, results)
+        contextual = run_contextual_oracle(p.table, p.stream, p.config, recorder, bar.update,
+                                           time.perf_counter)
+    summary = _summary(p, oracle, results, contextual)
     print_table(summary)
     json_path = opts.get("json", text, None)
     if json_path:
@@ -198,7 +202,8 @@ def run_command(opts: Options) -> int:
     return 0
 
 
-def _summary(p: Plan, oracle: RunResult, results: list[RunResult]) -> dict[str, Any]:
+def _summary(p: Plan, oracle: RunResult, results: list[RunResult],
+             contextual: RunResult | None) -> dict[str, Any]:
     return {
         "data": p.table.source,
         "scenario": p.schedule_source,
@@ -212,8 +217,10 @@ def _summary(p: Plan, oracle: RunResult, results: list[RunResult]) -> dict[str, 
         "seed": p.config.seed,
         "budget_control": p.config.budget_control,
         "prices": p.prices,
-        "oracle": oracle.summary(None),
-        "policies": [r.summary(oracle) for r in results],
+        "oracle": oracle.summary(None, contextual),
+        "contextual_oracle": None if contextual is None else contextual.summary(oracle,
+                                                                               contextual),
+        "policies": [r.summary(oracle, contextual) for r in results],
     }
 
 
