@@ -1,20 +1,26 @@
 """Pure-engine throughput: ``apply`` calls per second on a fixed event log, no I/O.
 
     python -m bench.engine [--horizon 50000] [--passes 3] [--seed 0] [--profile]
+                           [--policies stageroute,contextual] [--contexts 40]
 
 Workload: the bundled RouterBench table, all 11 models arrived at t = 0 (alpha = 0.25 each),
-``K = ceil(T^(1/3))`` equal stages, rows drawn i.i.d. with the seed, the StageRoute policy with
-budget pacing, budget = 0.5 x the highest mean per-query model cost, gamma = 0.5.  Feedback
-(the table's score and cost for the routed model) is delivered for every query that has an
-outcome, immediately after it, or in batches of 100 queries.
+``K = ceil(T^(1/3))`` equal stages, rows drawn i.i.d. with the seed, each policy of
+``--policies`` with the budget ledger, budget = 0.5 x the highest mean per-query model cost,
+gamma = 0.5.  Feedback (the table's score and cost for the routed model) is delivered for every
+query that has an outcome, immediately after it, or in batches of 100 queries.  Each query
+carries a task: with ``--contexts N`` the table's three tasks are split into N contexts (each
+task's rows dealt round-robin into about N / 3 groups), else the table's own tasks; only the
+contextual policies route on them.
 
 Feedback depends on the model routed to, so the log is built by one untimed pass; each timed
 pass then replays that fixed log through ``apply`` with a fresh state (decisions are a pure
 function of config, events and seed, so the replay routes identically; this is checked).  Only
 the loop of ``apply`` calls is timed.  Prints routed queries/s and events/s (median of the
-passes) and the share of routing decisions served from the route cache, for M_max = 4, 8, 16
-with feedback per query and M_max = 8 with feedback in batches of 100.  ``--profile`` adds the
-top 10 functions by tottime from cProfile over one pass at M_max = 8, feedback per query.
+passes) and the share of routing decisions served from the route cache, per policy, for
+M_max = 4, 8, 16 with feedback per query and M_max = 8 with feedback in batches of 100; the
+machine is shared, so compare policies by their ratio within one run.  ``--profile`` adds the
+top 10 functions by tottime from cProfile over one pass of the last policy at M_max = 8,
+feedback per query.
 """
 
 from __future__ import annotations
@@ -93,11 +99,27 @@ def timed_pass(log: Log) -> float:
     return seconds
 
 
-def make_config(table: RewardTable, m_max: int, seed: int) -> EngineConfig:
+def make_config(table: RewardTable, m_max: int, seed: int,
+                policy: str = "stageroute") -> EngineConfig:
     return EngineConfig(
-        policy="stageroute", m_max=m_max, budget=BETA * float(table.mean_cost().max()),
+        policy=policy, m_max=m_max, budget=BETA * float(table.mean_cost().max()),
         gamma=GAMMA, cost_ceiling=float(np.nanmax(table.costs)), seed=seed,
     )
+
+
+def split_tasks(table: RewardTable, contexts: int) -> RewardTable:
+    """``table`` with its tasks split into ``contexts`` contexts: task i's rows dealt
+    round-robin into ``contexts // tasks`` groups (one more for the first ``contexts % tasks``
+    tasks), named ``task/j``."""
+    tasks = sorted(set(table.tasks))
+    groups = {t: contexts // len(tasks) + (i < contexts % len(tasks)) for i, t in enumerate(tasks)}
+    seen = dict.fromkeys(tasks, 0)
+    named = []
+    for task in table.tasks:
+        named.append(f"{task}/{seen[task] % groups[task]}")
+        seen[task] += 1
+    return RewardTable(table.models, table.sample_ids, tuple(named), table.scores, table.costs,
+                       source=f"{table.source} ({contexts} contexts)")
 
 
 def main() -> None:
@@ -108,42 +130,55 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true",
                         help="cProfile one pass at M_max = 8, feedback per query")
+    parser.add_argument("--policies", default="stageroute",
+                        help="comma-separated policies (default stageroute)")
+    parser.add_argument("--contexts", type=int, default=None,
+                        help="split the table's tasks into this many contexts")
     args = parser.parse_args()
 
     table = load_table(BUNDLED_TABLE)
+    if args.contexts:
+        table = split_tasks(table, args.contexts)
     horizon = args.horizon
+    policies = [p for p in args.policies.split(",") if p]
     print(f"Engine throughput: {table.n_rows} RouterBench rows, {len(table.models)} models "
-          f"arrived, alpha = {ALPHA}, stageroute, budget pacing on, T = {horizon:,}, "
-          f"K = {len(equal_stages(horizon))} stages, gamma = {GAMMA}")
+          f"arrived, alpha = {ALPHA}, budget ledger on, T = {horizon:,}, "
+          f"K = {len(equal_stages(horizon))} stages, gamma = {GAMMA}, "
+          f"{len(set(table.tasks))} contexts (tasks)")
     print(f"timed: apply() over the prebuilt log, fresh state per pass; median of "
           f"{args.passes} passes\n")
     cases = [(8, 1), (4, 1), (16, 1), (8, 100)]
-    print(f"{'M_max':>5} {'feedback':>10} {'events':>8} {'queries/s':>10} {'events/s':>10} "
-          f"{'us/query':>9} {'cached':>7} {'min..max q/s':>17}")
-    logs: dict[tuple[int, int], Log] = {}
-    results: dict[tuple[int, int], float] = {}
-    for m_max, batch in cases:
-        label = f"M_max={m_max}, feedback batch {batch}"
-        log = build_log(table, make_config(table, m_max, args.seed), horizon, args.seed, batch,
-                        label)
-        logs[(m_max, batch)] = log
-        seconds = [timed_pass(log) for _ in range(args.passes)]
-        med = statistics.median(seconds)
-        qps = [log.queries / s for s in seconds]
-        results[(m_max, batch)] = log.queries / med
-        fb = "per query" if batch == 1 else f"per {batch}"
-        print(f"{m_max:>5} {fb:>10} {len(log.events):>8,} {log.queries / med:>10,.0f} "
-              f"{len(log.events) / med:>10,.0f} {med / log.queries * 1e6:>9.1f} "
-              f"{100.0 * log.cached / log.queries:>6.1f}% "
-              f"{min(qps):>8,.0f}..{max(qps):<8,.0f}")
+    print(f"{'policy':<12} {'M_max':>5} {'feedback':>10} {'events':>8} {'queries/s':>10} "
+          f"{'events/s':>10} {'us/query':>9} {'cached':>7} {'min..max q/s':>17}")
+    logs: dict[tuple[str, int, int], Log] = {}
+    results: dict[tuple[str, int, int], float] = {}
+    for policy in policies:
+        for m_max, batch in cases:
+            label = f"{policy}, M_max={m_max}, feedback batch {batch}"
+            log = build_log(table, make_config(table, m_max, args.seed, policy), horizon,
+                            args.seed, batch, label)
+            logs[(policy, m_max, batch)] = log
+            seconds = [timed_pass(log) for _ in range(args.passes)]
+            med = statistics.median(seconds)
+            qps = [log.queries / s for s in seconds]
+            results[(policy, m_max, batch)] = log.queries / med
+            fb = "per query" if batch == 1 else f"per {batch}"
+            print(f"{policy:<12} {m_max:>5} {fb:>10} {len(log.events):>8,} "
+                  f"{log.queries / med:>10,.0f} {len(log.events) / med:>10,.0f} "
+                  f"{med / log.queries * 1e6:>9.1f} {100.0 * log.cached / log.queries:>6.1f}% "
+                  f"{min(qps):>8,.0f}..{max(qps):<8,.0f}")
 
-    headline = results[(8, 1)]
-    verdict = "meets" if headline >= TARGET_QPS else "MISSES"
-    print(f"\nM_max = 8, feedback for every query: {headline:,.0f} routed queries/s on one core "
-          f"-> {verdict} the target of >= {TARGET_QPS:,}")
+    print()
+    for policy in policies:
+        headline = results[(policy, 8, 1)]
+        verdict = "meets" if headline >= TARGET_QPS else "MISSES"
+        ratio = (f" ({headline / results[(policies[0], 8, 1)]:.2f} x {policies[0]} in this run)"
+                 if policy != policies[0] else "")
+        print(f"{policy}, M_max = 8, feedback for every query: {headline:,.0f} routed queries/s "
+              f"on one core{ratio} -> {verdict} the target of >= {TARGET_QPS:,}")
 
     if args.profile:
-        log = logs[(8, 1)]
+        log = logs[(policies[-1], 8, 1)]
         state = initial_state(log.config)
         profiler = cProfile.Profile()
         profiler.enable()

@@ -6,7 +6,9 @@ queries without a context, are context 0, "no context", scored by the pooled sta
 
 **The plan.**  At each deployment (ContextDeployOPT chooses the set and the plan together),
 after a deployed model expires, when a context is seen for the first time and every
-``replan_every`` routed queries, the engine solves ContextLP (``solvers.context_lp``) over the
+``replan_every`` routed queries per context in the plan (so that each context has gathered
+about that many new observations; it also keeps the solving cost per query flat in the number
+of contexts), the engine solves ContextLP (``solvers.context_lp``) over the
 deployed models and every context seen so far plus context 0, with the scores of the current
 statistics and the frequencies
 
@@ -165,7 +167,7 @@ def route_inputs(state: EngineState, book: ContextBook, context: int, query_id: 
     """RouteOPT's scores, caps and budget for a query of ``context`` (see the docstring)."""
     plan = book.plan
     every = book.policy.replan_every
-    if plan is None or (every and book.since_plan >= every):
+    if plan is None or (every and book.since_plan >= every * len(plan.rows)):
         plan = replan(state, book)
     book.since_plan += 1
     row = plan.rows[context] if context < len(plan.rows) else None

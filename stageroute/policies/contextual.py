@@ -63,7 +63,7 @@ the feature vector's largest element (``v3``)."""
 
 #: Defaults, cross-validated on folds of the bundled data (``bench.cv_contextual``).
 DEFAULT_PRIOR_WEIGHT: Final = 10.0
-DEFAULT_REPLAN_EVERY: Final = 500
+DEFAULT_REPLAN_EVERY: Final = 50
 DEFAULT_MAX_CONTEXTS: Final = 64
 
 
