@@ -108,17 +108,35 @@ Domain = Annotated[
 ]
 """Routing domain (the Kafka key): 1–128 characters, no leading/trailing whitespace, no NUL."""
 
-Seconds = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
-"""Event time in seconds: finite, >= 0."""
+MAX_SECONDS: Final = 1e12
+"""Event times are at most this many seconds (some 31,700 years after 1970)."""
 
-Usd = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
-"""A cost in USD per query: finite, >= 0."""
+MAX_USD: Final = 1e6
+"""Costs and budgets are at most this many USD per query: squared and summed over billions of
+queries (Welford's statistics, the realised spend) they stay far below a double's range."""
+
+MIN_SHARE: Final = 1e-6
+"""The least throughput share: smaller ones make the solvers' programs numerically
+degenerate (one query in a million is as small a share as a platform means)."""
+
+MAX_INDEX: Final = 2**63 - 1
+"""Stage indices, sequence numbers and counts fit PostgreSQL's BIGINT."""
+
+Seconds = Annotated[float, Strict(), Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+"""Event time in seconds: finite, in [0, MAX_SECONDS]."""
+
+Usd = Annotated[float, Strict(), Field(ge=0, le=MAX_USD, allow_inf_nan=False)]
+"""A cost in USD per query: finite, in [0, MAX_USD]."""
+
+UsdOut = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+"""A cost or budget in USD an output records: finite, >= 0. Not bounded above like ``Usd``: it
+derives from the engine's configuration too (a paced budget may exceed the configured one)."""
 
 Reward = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
 """An observed reward in [0, 1]."""
 
-Share = Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)]
-"""A throughput share alpha in (0, 1]."""
+Share = Annotated[float, Strict(), Field(ge=MIN_SHARE, le=1, allow_inf_nan=False)]
+"""A throughput share alpha in [MIN_SHARE, 1]."""
 
 Probability = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
 """A probability or weight in [0, 1]."""
@@ -129,5 +147,8 @@ UnitDraw = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)]
 Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 """Any finite float."""
 
-Index = Annotated[int, Strict(), Field(ge=0)]
-"""A non-negative integer (stage index, sequence number, token count)."""
+Index = Annotated[int, Strict(), Field(ge=0, le=MAX_INDEX)]
+"""A non-negative integer that fits a BIGINT (stage index, sequence number, token count)."""
+
+Int64 = Annotated[int, Strict(), Field(ge=-MAX_INDEX - 1, le=MAX_INDEX)]
+"""An integer that fits a BIGINT."""

@@ -27,7 +27,7 @@ from schemas.base import (
     Share,
     Text,
     UnitDraw,
-    Usd,
+    UsdOut,
 )
 
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
@@ -83,6 +83,11 @@ class DeadLetterReason(StrEnum):
     """A query arrives while no model can be routed to."""
     STALE_STAGE = "stale_stage"
     """A stage boundary whose index is not greater than the current stage."""
+    KEY_MISMATCH = "key_mismatch"
+    """The Kafka message key is not the event's domain (or the domain is consumed from
+    another partition): the event could land with another domain's owner."""
+    INTERNAL_ERROR = "internal_error"
+    """Applying the event raised inside the engine or a solver; the state is as before it."""
 
 
 class DecisionBase(ContractModel):
@@ -131,14 +136,14 @@ class RoutingDecision(DecisionBase):
     """Deployed models considered (>= 1, distinct); the index order of the parallel lists."""
     mu_u: list[Probability]
     """Reward score per deployed model (StageRoute: the reward upper confidence bound)."""
-    c_l: list[Usd]
+    c_l: list[UsdOut]
     """Cost score per deployed model in RouteOPT's budget constraint, USD: the cost estimate
     (the price prior, then the observed mean), or the cost lower confidence bound for
     ``stageroute_paper``."""
     alpha: list[Probability]
     """RouteOPT's cap per deployed model: its throughput share, or 0 where the budget ledger
     could not afford the model for this query."""
-    budget: Usd
+    budget: UsdOut
     """The budget RouteOPT got for this query, USD: the ledger's paced budget, or the nominal
     budget when the ledger is off."""
     p: list[Probability]
@@ -179,11 +184,11 @@ class DeploymentDecision(DecisionBase):
     """Live models considered (distinct); the index order of the parallel lists."""
     mu_u: list[Probability]
     """Reward upper confidence bound per candidate."""
-    c_l: list[Usd]
+    c_l: list[UsdOut]
     """Cost lower confidence bound per candidate, USD."""
     alpha: list[Share]
     """Throughput share cap per candidate."""
-    budget: Usd
+    budget: UsdOut
     """Average per-query cost budget b, USD."""
     m_max: Annotated[int, Strict(), Field(ge=1)]
     """Maximum number of models deployed at once."""

@@ -30,6 +30,7 @@ from schemas.base import (
     Domain,
     Finite,
     Index,
+    Int64,
     ModelId,
     QueryId,
     Reward,
@@ -54,7 +55,7 @@ def _metadata_value(value: object, handler: ValidatorFunctionWrapHandler) -> obj
 
 
 MetadataValue = Annotated[
-    Text | Annotated[bool, Strict()] | Annotated[int, Strict()] | Finite,
+    Text | Annotated[bool, Strict()] | Int64 | Finite,
     Field(union_mode="left_to_right"),
     WrapValidator(_metadata_value),
 ]
@@ -82,7 +83,8 @@ class ModelArrived(EventBase):
     model_id: ModelId
     """Model identifier, unique among live models of the domain."""
     alpha: Share
-    """Throughput share: at most this fraction of queries may go to the model, 0 < alpha <= 1."""
+    """Throughput share: at most this fraction of queries may go to the model, 1e-6 <= alpha <=
+    1."""
     cost_min: Usd | None = None
     """Lower bound of the per-query cost in USD, if known."""
     cost_max: Usd | None = None

@@ -26,7 +26,9 @@ b. Dominance pruning.  Model j is dropped when at least K other models each have
 c. The LP relaxation (RouteOPT over the survivors, exact): if its support has at most K models
    it satisfies (5) and is optimal.
 d. Otherwise the MIP (1)-(5) over the survivors with SCIP.  Its support is then re-solved with
-   RouteOPT so that ``d`` and the objective are exact rather than within SCIP's tolerances.
+   RouteOPT so that ``d`` and the objective are exact rather than within SCIP's tolerances
+   (over the whole K-model selection if the support met the caps only within them; if that
+   selection cannot carry all traffic either, no K-model mix fits: see the fallbacks below).
 
 Infeasible instances never raise:
 
@@ -118,7 +120,14 @@ def _solve_support(
             return support, [p[j] for j, w in enumerate(p) if w > 0.0], OPTIMAL
         mip_support = _mip_support(*sub, b, k)
         if mip_support is not None:
-            return _polish([kept[j] for j in mip_support], mu, cost, caps, b)
+            polished = _polish([kept[j] for j in mip_support], mu, cost, caps, b)
+            if polished[2] not in (OPTIMAL, BUDGET_INFEASIBLE):
+                # SCIP's support met the caps only within its tolerance (a cap of 1 - 1e-7
+                # carrying all traffic, say): solve exactly over the whole k-model selection.
+                polished = _polish(list(fill_slots(polished[0], mu, cost, b, k)), mu, cost,
+                                   caps, b)
+            if polished[2] in (OPTIMAL, BUDGET_INFEASIBLE):
+                return polished
 
     cheapest = sorted(range(n), key=lambda i: (cost[i], -mu[i], i))[:k]
     support, weights, _ = _polish(sorted(cheapest), mu, cost, caps, b)

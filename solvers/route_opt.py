@@ -135,13 +135,17 @@ def solve_lists(
     return p, ok
 
 
-def cheapest_mix_cost(cost: Sequence[float], caps: Sequence[float]) -> float:
+def cheapest_mix_cost(cost: Sequence[float], caps: Sequence[float],
+                      order: Sequence[int] | None = None) -> float:
     """The least ``sum p c`` over ``sum p = 1, 0 <= p <= caps``: cheapest models filled first,
-    caps scaled by ``1 / sum(caps)`` when they sum below 1 (as ``solve_lists`` does)."""
+    caps scaled by ``1 / sum(caps)`` when they sum below 1 (as ``solve_lists`` does).
+    ``order``: the indices by cost, if the caller already has them."""
     total_cap = math.fsum(caps)
     if total_cap < 1.0 - _REL_TOL:
         caps = [a / total_cap for a in caps] if total_cap > 0.0 else [1.0] * len(caps)
-    return _fill(sorted(range(len(cost)), key=lambda k: (cost[k], k)), caps, cost)[1]
+    if order is None:
+        order = sorted(range(len(cost)), key=cost.__getitem__)
+    return _fill(order, caps, cost)[1]
 
 
 def _least_rate_exchange(

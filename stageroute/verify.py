@@ -19,6 +19,9 @@ Two independent checks over a run's stored rows:
    This re-derives the engine's whole state along the way, the budget ledger included.  A run
    made by an older engine version (``EngineConfig.engine_version``) cannot be replayed by
    this one: its rows are still re-derived, and the report says the replay was not done.
+
+Decisions are matched by ``seq`` (the event they were made at): a query id the engine had
+forgotten may be used again, and each use then has a decision of its own.
 """
 
 from __future__ import annotations
@@ -111,8 +114,7 @@ def _contextual_deployment_problems(row: dict[str, Any]) -> list[str]:
 
 def replay(config: EngineConfig, journal: Iterable[tuple[int, dict[str, Any]]],
            ) -> Iterator[tuple[str, Any, dict[str, Any]]]:
-    """Re-run the journal; yields ``(kind, key, decision fields)`` for every decision, keyed by
-    query id (routing) or seq (deployment)."""
+    """Re-run the journal; yields ``(kind, seq, decision fields)`` for every decision."""
     state = initial_state(config)
     for seq, event in journal:
         if seq != state.seq:
@@ -121,7 +123,7 @@ def replay(config: EngineConfig, journal: Iterable[tuple[int, dict[str, Any]]],
         for out in outputs:
             fields = {k: v for k, v in out.model_dump().items() if k not in _ENVELOPE}
             if isinstance(out, RoutingDecision):
-                yield "routing", out.query_id, fields
+                yield "routing", out.seq, fields
             elif isinstance(out, DeploymentDecision):
                 yield "deployment", out.seq, fields
 
@@ -135,7 +137,7 @@ def verify(config: EngineConfig, journal: Iterable[tuple[int, dict[str, Any]]],
         report.routing_checked += 1
         for problem in rederive_routing(row, config.seed):
             report.add(problem)
-        stored["routing"][row["query_id"]] = row
+        stored["routing"][row["seq"]] = row
     for row in deployments:
         report.deployments_checked += 1
         for problem in rederive_deployment(row):
@@ -152,18 +154,20 @@ def verify(config: EngineConfig, journal: Iterable[tuple[int, dict[str, Any]]],
             produced[kind].add(key)
             found = stored[kind].get(key)
             if found is None:
-                report.add(f"replay produced a {kind} decision {key!r} that is not stored")
+                report.add(f"replay produced a {kind} decision at seq {key} that is not "
+                           f"stored{_query(fields)}")
                 continue
             differing = [k for k, v in fields.items() if k in found and found[k] != v]
             if differing:
                 shown = ", ".join(f"{k}={found[k]!r} vs {fields[k]!r}" for k in differing[:3])
-                report.add(f"{kind} decision {key!r}: stored {', '.join(differing)} differ "
-                           f"from the replay ({shown})")
+                report.add(f"{kind} decision at seq {key}{_query(fields)}: stored "
+                           f"{', '.join(differing)} differ from the replay ({shown})")
     except ValueError as exc:
         report.add(f"journal cannot be replayed: {exc}")
     for kind, rows in stored.items():
         for key in rows.keys() - produced[kind]:
-            report.add(f"stored {kind} decision {key!r} is not produced by replaying the journal")
+            report.add(f"stored {kind} decision at seq {key}{_query(rows[key])} is not "
+                       f"produced by replaying the journal")
     return report
 
 
@@ -172,3 +176,7 @@ def _counting(journal: Iterable[tuple[int, dict[str, Any]]],
     for entry in journal:
         report.events_replayed += 1
         yield entry
+
+
+def _query(fields: dict[str, Any]) -> str:
+    return f" (query {fields['query_id']!r})" if "query_id" in fields else ""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 DEFAULT_PREFIX: Final = "stageroute"
 TOPIC_MODES: Final = ("typed", "single")
@@ -114,10 +114,9 @@ def create_topics(bootstrap: str, topics: Iterable[TopicSpec]) -> tuple[list[str
 
     Existing topics are left as they are (a partition count is never changed here: that
     would move domains between partitions)."""
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="stageroute-topics",
-                             request_timeout_ms=15000)
+    admin: Any = _admin(bootstrap, "stageroute-topics")
     try:
         existing = set(admin.list_topics())
         wanted = list(topics)
@@ -130,5 +129,30 @@ def create_topics(bootstrap: str, topics: Iterable[TopicSpec]) -> tuple[list[str
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new, timeout_ms=15000)
         return [t.name for t in new], [t.name for t in wanted if t.name in existing]
+    finally:
+        admin.close()
+
+
+def _admin(bootstrap: str, client_id: str) -> object:
+    """An admin client that gives up on an unreachable broker within seconds."""
+    from kafka.admin import KafkaAdminClient
+
+    wanted = dict(bootstrap_servers=bootstrap, client_id=client_id, request_timeout_ms=15000,
+                  api_version_auto_timeout_ms=5000, bootstrap_timeout_ms=5000,
+                  reconnect_backoff_max_ms=1000)
+    # kafka-python 2.x lacks some of these options; keep the ones it knows.
+    known = KafkaAdminClient.DEFAULT_CONFIG
+    return KafkaAdminClient(**{k: v for k, v in wanted.items()
+                               if k == "bootstrap_servers" or k in known})
+
+
+def describe(bootstrap: str) -> dict[str, int]:
+    """Every topic on the broker with its partition count (raises ``KafkaError``, e.g.
+    ``NoBrokersAvailable``, when the broker cannot be reached)."""
+    admin: Any = _admin(bootstrap, "stageroute-topics")
+    try:
+        # kafka-python 3 names the key "name", 2.x "topic".
+        return {t.get("name") or t["topic"]: len(t["partitions"])
+                for t in admin.describe_topics() if not t.get("error_code")}
     finally:
         admin.close()

@@ -168,7 +168,8 @@ def state_view(state: EngineState) -> dict[str, Any]:
         "model_order": list(state.models),
         "deployed": [m.model_id for m in state.deployed],
         "deployed_ids": sorted(state.deployed_ids),
-        "queries": [(q, r.model_id, r.time, r.answered) for q, r in state.queries.items()],
+        "queries": [(q, r.model_id, r.time) for q, r in state.queries.items()],
+        "answered": list(state.answered),
         "route_cache": None if cache is None else (
             cache.scores.reward, cache.scores.cost, cache.scores.cacheable, cache.alpha,
             cache.budget, cache.p, cache.status),

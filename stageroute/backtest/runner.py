@@ -51,6 +51,7 @@ class Recorder(Protocol):
 @dataclass(slots=True)
 class RunResult:
     policy: str
+    seed: int
     queries: int
     avg_reward: float
     avg_cost: float
@@ -58,13 +59,18 @@ class RunResult:
     expected_reward: float
     seconds: float
     run_id: str | None
-    deployments: list[tuple[int, str, list[str]]]
+    #: (stage, reason, selected, query index it took effect at)
+    deployments: list[tuple[int, str, list[str], int]]
     dead_letters: int
     #: Routing decisions made while the budget was below every deployed mix.
     budget_infeasible: int
+    #: routing decisions per solver status ("optimal", "caps_infeasible", ...)
+    statuses: dict[str, int]
     #: per-query expected reward and realised cost (NaN where no outcome), for curves
     expected: np.ndarray = field(repr=False)
     costs: np.ndarray = field(repr=False)
+    #: per-query index into the table's models of the model routed to (-1: none)
+    chosen: np.ndarray = field(repr=False)
 
     def summary(self, oracle: RunResult | None,
                 contextual_oracle: RunResult | None = None) -> dict[str, Any]:
@@ -74,6 +80,7 @@ class RunResult:
         context_avg = contextual_oracle.avg_reward if contextual_oracle else math.nan
         figures = {
             "policy": self.policy,
+            "seed": self.seed,
             "run_id": self.run_id,
             "queries": self.queries,
             "avg_reward": self.avg_reward,
@@ -91,8 +98,9 @@ class RunResult:
             "regret": regret,
             "seconds": self.seconds,
             "queries_per_second": self.queries / self.seconds if self.seconds else math.nan,
-            "deployments": [{"stage": s, "reason": r, "selected": sel}
-                            for s, r, sel in self.deployments],
+            "deployments": [{"stage": s, "reason": r, "selected": sel, "query": t}
+                            for s, r, sel, t in self.deployments],
+            "decision_status": dict(sorted(self.statuses.items())),
             "dead_letters": self.dead_letters,
         }
         return {k: None if isinstance(v, float) and not math.isfinite(v) else v
@@ -101,19 +109,23 @@ class RunResult:
 
 def run(table: RewardTable, stream: Stream, config: EngineConfig,
         recorder: Recorder | None = None, progress: Callable[[int], None] | None = None,
-        clock: Clock | None = None) -> RunResult:
-    """One policy over the stream; ``progress(n)`` is called every few thousand queries."""
+        clock: Clock | None = None, oracle: RunResult | None = None) -> RunResult:
+    """One policy over the stream; ``progress(n)`` is called every 1,000 queries. The
+    recorder's run is finished with the summary against ``oracle`` (if given)."""
     state = initial_state(config)
     horizon = stream.scenario.horizon
     pooled = dict(zip(table.models, table.mean_reward().tolist()))
     by_task = {task: dict(zip(table.models, reward.tolist()))
                for task, (reward, _) in table.task_means().items()}
     tasks, rows = table.tasks, stream.rows
+    column = {m: j for j, m in enumerate(table.models)}
     expected = np.empty(horizon)
     realised_cost = np.full(horizon, np.nan)
+    chosen = np.full(horizon, -1, dtype=np.int16)
+    statuses: dict[str, int] = {}
     reward_sum = cost_sum = 0.0
     answered = 0
-    deployments: list[tuple[int, str, list[str]]] = []
+    deployments: list[tuple[int, str, list[str], int]] = []
     run_id = recorder.start_run(config, {"horizon": horizon}) if recorder else None
 
     def record(seq: int, event: Event, outputs: list[Output]) -> None:
@@ -121,37 +133,42 @@ def run(table: RewardTable, stream: Stream, config: EngineConfig,
             recorder.record(seq, event, outputs)
         for out in outputs:
             if isinstance(out, DeploymentDecision):
-                deployments.append((out.stage, out.reason, list(out.selected)))
+                deployments.append((out.stage, out.reason, list(out.selected), int(out.time)))
 
     started = clock() if clock else 0.0
     for step in drive(state, table_workload(table, stream), record):
         t, decision = step.t, step.decision
-        true_mean = by_task.get(tasks[int(rows[t])], pooled)
-        expected[t] = 0.0 if decision is None else math.fsum(
-            p * true_mean[m] for p, m in zip(decision.p, decision.deployed))
+        if decision is None:
+            expected[t] = 0.0
+        else:
+            true_mean = by_task.get(tasks[int(rows[t])], pooled)
+            expected[t] = math.fsum(p * true_mean[m] for p, m in zip(decision.p,
+                                                                     decision.deployed))
+            chosen[t] = column[decision.model_id]
+            statuses[decision.status] = statuses.get(decision.status, 0) + 1
         if step.outcome is not None:
             reward, cost = step.outcome
             reward_sum += reward
             cost_sum += cost
             answered += 1
             realised_cost[t] = cost
-        if progress and (t + 1) % 5000 == 0:
-            progress(5000)
+        if progress and (t + 1) % 1000 == 0:
+            progress(1000)
     seconds = clock() - started if clock else math.nan
     if progress:
-        progress(horizon % 5000)
+        progress(horizon % 1000)
 
     result = RunResult(
-        policy=config.policy, queries=horizon,
+        policy=config.policy, seed=config.seed, queries=horizon,
         avg_reward=reward_sum / answered if answered else math.nan,
         avg_cost=cost_sum / answered if answered else math.nan,
         budget=config.budget, expected_reward=float(expected.mean()), seconds=seconds,
         run_id=run_id, deployments=deployments, dead_letters=state.counters["dead_letters"],
         budget_infeasible=state.counters["budget_infeasible"],
-        expected=expected, costs=realised_cost,
+        statuses=statuses, expected=expected, costs=realised_cost, chosen=chosen,
     )
     if recorder:
-        recorder.finish_run(result.summary(None))
+        recorder.finish_run(result.summary(oracle))
     return result
 
 
@@ -169,6 +186,18 @@ def contextual_oracle_params(table: RewardTable) -> dict[str, Any]:
         for task, (reward, cost) in table.task_means().items()}}
 
 
+def policy_config(table: RewardTable, base: EngineConfig, policy: str) -> EngineConfig:
+    """``base`` for ``policy``; the oracles get the table's true means (the contextual one
+    per task too)."""
+    if policy == "oracle":
+        return base.model_copy(update={"policy": "oracle",
+                                       "policy_params": {"means": oracle_means(table)}})
+    if policy == "contextual_oracle":
+        return base.model_copy(update={"policy": policy,
+                                       "policy_params": contextual_oracle_params(table)})
+    return base.model_copy(update={"policy": policy})
+
+
 def run_contextual_oracle(table: RewardTable, stream: Stream, base: EngineConfig,
                           recorder: Recorder | None = None,
                           progress: Callable[[int], None] | None = None,
@@ -176,19 +205,16 @@ def run_contextual_oracle(table: RewardTable, stream: Stream, base: EngineConfig
     """The contextual oracle on the stream; None when the table has no tasks."""
     if not table.task_means():
         return None
-    config = base.model_copy(update={"policy": "contextual_oracle",
-                                     "policy_params": contextual_oracle_params(table)})
-    return run(table, stream, config, recorder, progress, clock)
+    return run(table, stream, policy_config(table, base, "contextual_oracle"), recorder,
+               progress, clock)
 
 
 def run_all(table: RewardTable, stream: Stream, base: EngineConfig, policies: Sequence[str],
             recorder: Recorder | None = None, progress: Callable[[int], None] | None = None,
             clock: Clock | None = None) -> tuple[RunResult, list[RunResult]]:
     """The oracle, then each policy, on the same stream; returns (oracle, results)."""
-    oracle_cfg = base.model_copy(update={"policy": "oracle",
-                                         "policy_params": {"means": oracle_means(table)}})
-    oracle = run(table, stream, oracle_cfg, recorder, progress, clock)
-    results = [run(table, stream, base.model_copy(update={"policy": name}), recorder,
-                   progress, clock)
+    oracle = run(table, stream, policy_config(table, base, "oracle"), recorder, progress, clock)
+    results = [run(table, stream, policy_config(table, base, name), recorder, progress, clock,
+                   oracle)
                for name in policies]
     return oracle, results

@@ -86,24 +86,38 @@ def plan(ledger: Ledger, budget: float, cost: list[float], risk: list[float],
     charges for it (``ModelStats.risk``: the estimate, or the probe's terms while the cost is
     unknown), ``alpha`` its share.
     """
-    if budget < cheapest_mix_cost(cost, alpha):
+    by_cost = sorted(range(len(cost)), key=cost.__getitem__)
+    cheapest = cheapest_mix_cost(cost, alpha, by_cost)
+    if budget < cheapest:
         return Plan(alpha, budget, True)
-    return limits(ledger, budget, budget, cost, risk, alpha, overdraft, reserve, window)
+    return limits(ledger, budget, budget, cost, risk, alpha, overdraft, reserve, window,
+                  by_cost, cheapest)
 
 
 def limits(ledger: Ledger, budget: float, target: float, cost: list[float], risk: list[float],
-           alpha: list[float], overdraft: float, reserve: float, window: int) -> Plan:
+           alpha: list[float], overdraft: float, reserve: float, window: int,
+           by_cost: list[int] | None = None, cheapest: float | None = None) -> Plan:
     """Rules 1 and 2 for a query whose planned spend is ``target`` (``budget``, the nominal
     per-query budget, for a policy that plans no other): rule 1's headroom is always the
     nominal budget line's, and rule 2 paces ``target`` by the same correction ``(b n - C_n) / W``
     for every query.  A contextual plan gives each context its own ``target`` ``b_x`` with
     ``sum_x f_x b_x = b`` (``stageroute.engine.context``), so the expected committed spend per
-    query is ``(1 - rho) b + (b n - C_n) / W`` as above and rule 2's slack settles as stated."""
+    query is ``(1 - rho) b + (b n - C_n) / W`` as above and rule 2's slack settles as stated.
+    ``by_cost`` (the models by increasing cost) and ``cheapest`` (the cheapest mix within
+    ``alpha``) are computed when not given."""
+    if by_cost is None:
+        by_cost = sorted(range(len(cost)), key=cost.__getitem__)
+    if cheapest is None:
+        cheapest = cheapest_mix_cost(cost, alpha, by_cost)
     n, committed = ledger.routed, ledger.committed
     headroom = (1.0 + overdraft) * budget * (n + 1) - committed
-    caps = [a if r <= headroom else 0.0 for a, r in zip(alpha, risk)]
-    if sum(caps) < min(1.0, sum(alpha)) * (1.0 - 1e-12):
-        # The affordable models cannot carry all traffic within their shares.
-        return Plan(alpha, cheapest_mix_cost(cost, alpha), False)
+    if max(risk) > headroom:
+        caps = [a if r <= headroom else 0.0 for a, r in zip(alpha, risk)]
+        if sum(caps) < min(1.0, sum(alpha)) * (1.0 - 1e-12):
+            # The affordable models cannot carry all traffic within their shares.
+            return Plan(alpha, cheapest, False)
+        cheapest = cheapest_mix_cost(cost, caps, by_cost)
+    else:
+        caps = alpha
     paced = (1.0 - reserve) * target + (budget * n - committed) / window
-    return Plan(caps, max(min(paced, headroom), cheapest_mix_cost(cost, caps)), False)
+    return Plan(caps, max(min(paced, headroom), cheapest), False)

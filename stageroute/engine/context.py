@@ -124,11 +124,27 @@ class ContextBook:
         self.counts[index] += 1
         return index
 
+    def stale(self) -> bool:
+        """Whether the next query re-plans: ``replan_every`` routed queries per context in the
+        plan have passed (see the module docstring; no plan at all also re-plans)."""
+        every, plan = self.policy.replan_every, self.plan
+        return plan is not None and every > 0 and self.since_plan >= every * len(plan.rows)
+
+    def is_new(self, features: QueryFeatures | None) -> bool:
+        """Whether ``note(features)`` would add a context."""
+        key = self.policy.context_of(features)
+        return (key is not None and key not in self.keys
+                and len(self.names) - 1 < self.policy.max_contexts)
+
+    def clone(self) -> ContextBook:
+        """A deep copy (cells included; the plan's rows point at the copy's cells)."""
+        return ContextBook.from_json(self.policy, self.to_json())
+
     def to_json(self) -> dict[str, Any]:
         plan = self.plan
         return {
             "names": self.names[1:],
-            "counts": self.counts,
+            "counts": list(self.counts),
             "cells": [{m: c.to_json() for m, c in row.items()} for row in self.cells],
             "priors": {m: p.to_json() for m, p in self.priors.items()},
             "plan": None if plan is None else {
@@ -166,8 +182,7 @@ def route_inputs(state: EngineState, book: ContextBook, context: int, query_id: 
                  ) -> tuple[Scores, list[float], float]:
     """RouteOPT's scores, caps and budget for a query of ``context`` (see the docstring)."""
     plan = book.plan
-    every = book.policy.replan_every
-    if plan is None or (every and book.since_plan >= every * len(plan.rows)):
+    if plan is None or book.stale():
         plan = replan(state, book)
     book.since_plan += 1
     row = plan.rows[context] if context < len(plan.rows) else None
@@ -202,7 +217,11 @@ def observe(state: EngineState, book: ContextBook, context: int, model: ModelSta
     cell = row.get(model.model_id)
     if cell is None:
         cell = row[model.model_id] = Cell()
-    cell.observe(reward, cost)
+    # The cost as the pooled statistics take it (clipped to the model's range; see
+    # ``ModelStats.observe``), the dearest cost seen as observed.
+    cell.observe(reward, min(max(cost, model.cost_min), model.cost_max))
+    if cost > cell.max_c:
+        cell.max_c = cost
     prior = book.priors.get(model.model_id)
     if prior is None:
         prior = book.priors[model.model_id] = Prior.of(model)

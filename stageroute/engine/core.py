@@ -18,7 +18,18 @@ Per event (``seq`` is its position in the journal):
   ``query_ttl``).  Before any deployment, DeployOPT runs first (reason ``initial``).
 * feedback: Welford update of the routed model's statistics (also after it expired), whenever
   it comes and in any order; its realised cost replaces the estimate committed to the budget
-  ledger when the query was routed (``stageroute.engine.budget``).
+  ledger when the query was routed (``stageroute.engine.budget``).  The query is then
+  forgotten; its id stays among the last ``ANSWERED_REMEMBERED`` answered ones.
+
+Query ids: an id the engine remembers (awaiting feedback, or recently answered) cannot be used
+again (``duplicate_query``).  An id it has forgotten (answered long ago, or dropped by
+``max_tracked_queries``/``query_ttl``) may be: that is a new query with a decision of its own,
+stored under its own ``seq`` (the audit trail keys decisions by ``seq``), and feedback then
+refers to the newest one.
+
+``apply`` is atomic: a handler that raises anything but a rejection (a solver failing on
+extreme inputs, say) leaves the state exactly as it was before the event (``engine.atomic``)
+and the event becomes a dead letter ``internal_error`` with the exception as its detail.
 
 RouteOPT gets the ledger's plan: caps (0 for models the ledger cannot afford this query) and
 budget; both are recorded on the decision (``alpha``, ``budget``).  A cacheable policy's scores
@@ -47,9 +58,9 @@ from schemas import (
 )
 from solvers import BUDGET_INFEASIBLE, CAPS_BUDGET_INFEASIBLE, deploy_opt
 from solvers.route_opt import solve_lists
-from stageroute.engine import context
+from stageroute.engine import atomic, context
 from stageroute.engine.budget import plan
-from stageroute.engine.state import EngineState, QueryRecord, RouteCache
+from stageroute.engine.state import ANSWERED_REMEMBERED, EngineState, QueryRecord, RouteCache
 from stageroute.policies import ModelStats, Scores, sample_index, uniform
 
 Output = RoutingDecision | DeploymentDecision | DeadLetter
@@ -67,6 +78,7 @@ class Rejected(Exception):
 
 def apply(state: EngineState, event: Event) -> tuple[EngineState, list[Output]]:
     """Apply one validated event; returns the state and the decisions it produced."""
+    undo = atomic.capture(state, event)
     seq = state.seq
     state.seq = seq + 1
     outputs: list[Output] = []
@@ -86,6 +98,14 @@ def apply(state: EngineState, event: Event) -> tuple[EngineState, list[Output]]:
         outputs.append(DeadLetter(domain=state.config.domain, seq=seq, reason=rejected.reason,
                                   detail=rejected.detail, payload=encode(event).decode()))
         return state, outputs
+    except Exception as exc:  # anything else: undo the event, keep the engine going
+        atomic.restore(state, undo)
+        state.seq = seq + 1
+        state.counters["dead_letters"] += 1
+        return state, [DeadLetter(domain=state.config.domain, seq=seq,
+                                  reason=DeadLetterReason.INTERNAL_ERROR,
+                                  detail=f"{type(exc).__name__}: {exc}",
+                                  payload=encode(event).decode())]
     # Only an applied event moves the clock: a rejected one (say a far-future time) must not
     # age out the queries awaiting feedback.
     if event.time > state.clock:
@@ -109,7 +129,7 @@ def fold(state: EngineState, events: Iterable[Event]) -> tuple[EngineState, list
 
 def _on_query(state: EngineState, event: Query, seq: int, outputs: list[Output]) -> None:
     query_id = event.query_id
-    if query_id in state.queries:
+    if query_id in state.queries or query_id in state.answered:
         raise Rejected(DeadLetterReason.DUPLICATE_QUERY, f"query_id: {query_id!r} already seen")
     if not state.deployed and not any(m.live for m in state.models.values()):
         raise Rejected(DeadLetterReason.NO_MODELS, f"query {query_id!r}: no live model to route to")
@@ -142,8 +162,16 @@ def _on_query(state: EngineState, event: Query, seq: int, outputs: list[Output])
     index = sample_index(cache.p, draw)
     chosen = deployed[index]
     estimate = scores.cost[index]
+    # Everything that can fail (building the decision) comes before the state changes.
+    decision = trusted(
+        RoutingDecision, schema_version=1, type="routing_decision", domain=config.domain,
+        query_id=query_id, seq=seq, stage=state.stage, time=event.time,
+        policy=config.policy, model_id=chosen.model_id, deployed=[m.model_id for m in deployed],
+        mu_u=cache.scores.reward, c_l=cache.scores.cost, alpha=cache.alpha, budget=cache.budget,
+        p=cache.p, draw=draw, status=cache.status, cached=cached,
+    )
     state.ledger.commit(estimate)
-    chosen.pending += 1
+    chosen.add_pending(1)
     if chosen.price is None and chosen.n == 0:
         state.route_cache = None  # a probe went out: the ledger now charges cost_max for it
     state.queries[query_id] = QueryRecord(chosen.model_id, event.time, estimate,
@@ -153,13 +181,7 @@ def _on_query(state: EngineState, event: Query, seq: int, outputs: list[Output])
     state.counters["routed"] += 1
     if cache.status in (BUDGET_INFEASIBLE, CAPS_BUDGET_INFEASIBLE):
         state.counters["budget_infeasible"] += 1
-    outputs.append(trusted(
-        RoutingDecision, schema_version=1, type="routing_decision", domain=config.domain,
-        query_id=query_id, seq=seq, stage=state.stage, time=event.time,
-        policy=config.policy, model_id=chosen.model_id, deployed=[m.model_id for m in deployed],
-        mu_u=cache.scores.reward, c_l=cache.scores.cost, alpha=cache.alpha, budget=cache.budget,
-        p=cache.p, draw=draw, status=cache.status, cached=cached,
-    ))
+    outputs.append(decision)
 
 
 def _route_limits(state: EngineState, scores: Scores) -> tuple[list[float], float]:
@@ -176,6 +198,9 @@ def _route_limits(state: EngineState, scores: Scores) -> tuple[list[float], floa
 
 
 def _on_feedback(state: EngineState, event: Feedback) -> None:
+    if event.query_id in state.answered:
+        raise Rejected(DeadLetterReason.DUPLICATE_FEEDBACK,
+                       f"query_id: {event.query_id!r} already has feedback")
     record = state.queries.get(event.query_id)
     if record is None:
         raise Rejected(DeadLetterReason.UNKNOWN_QUERY,
@@ -184,16 +209,16 @@ def _on_feedback(state: EngineState, event: Feedback) -> None:
     if ttl is not None and record.time < max(state.clock, event.time) - ttl:
         raise Rejected(DeadLetterReason.UNKNOWN_QUERY,
                        f"query_id: {event.query_id!r} is older than query_ttl ({ttl} s)")
-    if record.answered:
-        raise Rejected(DeadLetterReason.DUPLICATE_FEEDBACK,
-                       f"query_id: {event.query_id!r} already has feedback")
     if event.model_id != record.model_id:
         raise Rejected(DeadLetterReason.MODEL_MISMATCH,
                        f"model_id: {event.model_id!r}, but query {event.query_id!r} was routed "
                        f"to {record.model_id!r}")
-    record.answered = True
+    del state.queries[event.query_id]
+    state.answered[event.query_id] = None
+    if len(state.answered) > ANSWERED_REMEMBERED:
+        state.answered.popitem(last=False)
     model = state.models[record.model_id]
-    model.pending -= 1
+    model.add_pending(-1)
     model.observe(event.reward, event.cost)
     _refresh(state, model)
     if state.context is not None:
@@ -211,11 +236,10 @@ def _refresh(state: EngineState, model: ModelStats) -> None:
 
 
 def _forget(state: EngineState, query_id: str, record: QueryRecord) -> None:
-    """A query leaves tracking: its feedback will no longer be accepted.  Its cost estimate
-    stays committed in the ledger (assumed spent)."""
-    if not record.answered:
-        state.models[record.model_id].pending -= 1
-        state.route_cache = None
+    """A query awaiting feedback leaves tracking: its feedback will no longer be accepted.  Its
+    cost estimate stays committed in the ledger (assumed spent)."""
+    state.models[record.model_id].add_pending(-1)
+    state.route_cache = None
     state.counters["forgotten_queries"] += 1
 
 

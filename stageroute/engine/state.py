@@ -1,5 +1,10 @@
-"""Engine state: the model registry with statistics, the stage, the deployed set, the queries
-awaiting feedback, and the cached routing distribution.  Snapshots are JSON (exact floats)."""
+"""Engine state: the model registry with statistics, the stage, the deployed set, the budget
+ledger, the queries awaiting feedback, the recently answered ones, and the cached routing
+distribution.  Snapshots are JSON (exact floats).
+
+A snapshot holds what is needed to continue, not every query ever answered: the queries still
+awaiting feedback (bounded by ``max_tracked_queries`` and ``query_ttl``) and the ids of the last
+``ANSWERED_REMEMBERED`` answered ones (to tell a repeated query or feedback from a new one)."""
 
 from __future__ import annotations
 
@@ -16,7 +21,12 @@ from stageroute.policies import ModelStats, Policy, Scores, make_policy
 from stageroute.policies.contextual import ContextualMixin
 
 SNAPSHOT_VERSION = 3
-"""3: contextual state (``context``, and each tracked query's context); 2 is read as well."""
+"""3: contextual state (``context``, and each tracked query's context); 2 (no context) is read
+as well."""
+
+ANSWERED_REMEMBERED = 10_000
+"""Answered query ids remembered: a query or feedback repeating one of them is a duplicate; an
+id answered longer ago than that may be used again (a new query, see ``engine.core``)."""
 
 
 @dataclass(slots=True)
@@ -32,11 +42,12 @@ class RouteCache:
 
 @dataclass(slots=True)
 class QueryRecord:
+    """A routed query awaiting its feedback."""
+
     model_id: str
     time: float
     #: The cost estimate committed to the budget ledger when the query was routed.
     estimate: float = 0.0
-    answered: bool = False
     #: The query's context index (``stageroute.engine.context``; 0: none).
     context: int = 0
 
@@ -57,6 +68,7 @@ class EngineState:
     deployed: list[ModelStats] = field(default_factory=list)
     deployed_ids: set[str] = field(default_factory=set)
     queries: OrderedDict[str, QueryRecord] = field(default_factory=OrderedDict)
+    answered: OrderedDict[str, None] = field(default_factory=OrderedDict)
     route_cache: RouteCache | None = None
     #: Contextual policies only: contexts, (context, model) statistics and the plan.
     context: ContextBook | None = None
@@ -92,8 +104,9 @@ def snapshot(state: EngineState) -> bytes:
         "ledger": [state.ledger.routed, state.ledger.committed],
         "models": [m.to_json() for m in state.models.values()],
         "deployed": [m.model_id for m in state.deployed],
-        "queries": [[q, r.model_id, r.time, r.estimate, r.answered, r.context]
+        "queries": [[q, r.model_id, r.time, r.estimate, r.context]
                     for q, r in state.queries.items()],
+        "answered": list(state.answered),
         "context": None if state.context is None else state.context.to_json(),
         "route_cache": None if cache is None else [
             cache.scores.reward, cache.scores.cost, cache.scores.risk, cache.alpha, cache.budget,
@@ -113,7 +126,9 @@ def restore(data: bytes) -> EngineState:
     state.ledger = Ledger(*doc["ledger"])
     state.models = {row[0]: ModelStats.from_json(row) for row in doc["models"]}
     state.set_deployed([state.models[m] for m in doc["deployed"]])
+    # Version 2 rows have no context (0: none).
     state.queries = OrderedDict((row[0], QueryRecord(*row[1:])) for row in doc["queries"])
+    state.answered = OrderedDict.fromkeys(doc["answered"])
     if doc["route_cache"] is not None:
         reward, cost, risk, alpha, budget, p, status = doc["route_cache"]
         state.route_cache = RouteCache(Scores(reward, cost, True, risk), alpha, budget, p, status)

@@ -38,8 +38,9 @@ class ModelStats:
 
     ``n`` feedbacks; ``mean_r``/``m2_r`` for reward; ``mean_c``/``m2_c`` for cost.  The empirical
     variance is ``m2 / n``.  ``price`` is the published expected cost of one query, if any;
-    ``pending`` counts routed queries still awaiting feedback.  ``mu_u``/``c_l``/``c_hat`` cache
-    the bounds and the cost estimate of the current statistics (``refresh_bounds``).
+    ``pending`` counts routed queries still awaiting feedback.  ``mu_u``/``c_l``/``c_hat``/``risk``
+    cache the bounds, the cost estimate and what the budget ledger charges for one query, of
+    the current statistics (``refresh_bounds``, ``add_pending``).
     """
 
     model_id: str
@@ -59,28 +60,44 @@ class ModelStats:
     mu_u: float = 1.0
     c_l: float = 0.0
     c_hat: float = 0.0
+    risk: float = 0.0
 
     @property
     def live(self) -> bool:
         return self.expired_seq is None
 
-    @property
-    def risk(self) -> float:
-        """What the budget ledger's affordability rule charges for one query to this model
-        (see ``stageroute.engine.budget``): once its cost is known (a price or an observation),
-        the dearest it may be, ``max(c_hat, the largest cost observed)``; while it is unknown, 0
-        for the first query (the probe: the one unavoidable risk, bounded by ``cost_max``) and
-        ``cost_max`` while that probe awaits feedback."""
+    def add_pending(self, count: int) -> None:
+        """``count`` more (or, negative, fewer) queries await feedback."""
+        self.pending += count
+        self._refresh_risk()
+
+    def _refresh_risk(self) -> None:
+        """``risk``: what the budget ledger's affordability rule charges for one query to this
+        model (see ``stageroute.engine.budget``).  Once its cost is known (a price or an
+        observation), the dearest it may be, ``max(c_hat, the largest cost observed)``; while
+        it is unknown, 0 for the first query (the probe: the one unavoidable risk, bounded by
+        ``cost_max``) and ``cost_max`` while that probe awaits feedback."""
         if self.price is not None or self.n:
-            return max(self.c_hat, self.max_c)
-        return 0.0 if self.pending == 0 else self.cost_max
+            self.risk = max(self.c_hat, self.max_c)
+        else:
+            self.risk = 0.0 if self.pending == 0 else self.cost_max
 
     def observe(self, reward: float, cost: float) -> None:
+        """Welford update: ``mean += (x - mean) / n``, ``M2 += (x - mean_old) (x - mean_new)``.
+
+        The cost is taken clipped to the model's range ``[cost_min, cost_max]`` (the range its
+        bounds are clipped to anyway): one absurd observed cost cannot blow the variance up
+        (an infinite or huge variance would pin ``c_L`` to ``cost_min``, so that the model looked
+        free forever), and the statistics stay finite. The engine's realised spend and the
+        dearest cost seen (``max_c``, what the budget ledger charges) still take the cost as
+        observed: an absurd cost makes a model look dearer, never cheaper.
+        """
+        self.max_c = max(self.max_c, cost)
+        cost = min(max(cost, self.cost_min), self.cost_max)
         self.n += 1
         n = self.n
         self.mean_r, self.m2_r = welford(n, self.mean_r, self.m2_r, reward)
         self.mean_c, self.m2_c = welford(n, self.mean_c, self.m2_c, cost)
-        self.max_c = max(self.max_c, cost)
 
     def refresh_bounds(self, gamma: float, cost_scale: float, price_weight: float) -> None:
         """Refresh ``mu_U = clip(m_r + 2 f_rad, 0, 1)``, ``c_L = clip(m_c - 2 f_rad, c1, c2)``
@@ -100,6 +117,7 @@ class ModelStats:
                 if price_weight + n > 0 else price
         else:
             self.c_hat = self.mean_c if n else self.cost_min
+        self._refresh_risk()
         if n == 0:  # unexplored: the defined optimistic values, exactly (no unit round trip)
             self.mu_u, self.c_l = 1.0, self.cost_min
             return
@@ -116,7 +134,7 @@ class ModelStats:
     def to_json(self) -> list[Any]:
         return [self.model_id, self.alpha, self.cost_min, self.cost_max, self.arrived_seq,
                 self.price, self.expired_seq, self.n, self.mean_r, self.m2_r, self.mean_c,
-                self.m2_c, self.max_c, self.pending, self.mu_u, self.c_l, self.c_hat]
+                self.m2_c, self.max_c, self.pending, self.mu_u, self.c_l, self.c_hat, self.risk]
 
     @classmethod
     def from_json(cls, row: list[Any]) -> ModelStats:

@@ -43,6 +43,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 RUN_KINDS: Final = ("backtest", "live")
+RUN_STATUSES: Final = ("running", "finished", "interrupted", "failed")
 
 # Stable, predictable constraint names, so migrations can name what they drop.
 NAMING_CONVENTION: Final = {
@@ -92,11 +93,19 @@ class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
         CheckConstraint(f"kind IN {RUN_KINDS!r}", name="kind"),
+        CheckConstraint(f"status IN {RUN_STATUSES!r}", name="status"),
         Index(None, "created_at"),
+        Index(None, "name", "domain"),
+        Index(None, "invocation_id"),
     )
 
     run_id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
     kind: Mapped[str]
+    name: Mapped[str | None]
+    """What the run was started as: a live worker's ``--run-id``; with ``domain`` it names
+    a live run."""
+    invocation_id: Mapped[str | None] = mapped_column(Uuid(as_uuid=False))
+    """Links the runs of one backtest command (oracle, policies, seeds)."""
     domain: Mapped[str]
     policy: Mapped[str]
     config: Mapped[Json]
@@ -105,14 +114,22 @@ class Run(Base):
     created_at: Mapped[datetime] = _created_at()
     finished_at: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(server_default="running")
+    """``running``, ``finished``, ``interrupted`` (stopped early: the trail is incomplete) or
+    ``failed``."""
     summary: Mapped[Json | None]
+
+
+def _source_index(table: str) -> Index:
+    # A short explicit name: PostgreSQL cuts identifiers at 63 bytes.
+    return Index(f"ix_{table}_src", "src_topic", "src_partition", "src_offset",
+                 postgresql_where=text("src_offset IS NOT NULL"))
 
 
 class JournalEntry(Base):
     """Every event the engine applied, in the order it applied it (``seq``)."""
 
     __tablename__ = "event_journal"
-    __table_args__ = (UniqueConstraint("run_id", "seq"),)
+    __table_args__ = (UniqueConstraint("run_id", "seq"), _source_index("event_journal"))
 
     id: Mapped[int] = _id()
     run_id: Mapped[str] = _run_fk()
@@ -122,15 +139,23 @@ class JournalEntry(Base):
     """The validated event as JSON (the wire form)."""
     applied_at: Mapped[datetime | None]
     """Wall-clock time the live worker applied it; NULL in backtests."""
+    src_topic: Mapped[str | None]
+    """Input position (topic, partition, offset) the live worker consumed it at; NULL in
+    backtests."""
+    src_partition: Mapped[int | None]
+    src_offset: Mapped[int | None]
 
 
 class RoutingDecisionRow(Base):
-    """RouteOPT's distribution for one query, its inputs and the model drawn."""
+    """RouteOPT's distribution for one query, its inputs and the model drawn.
+
+    Unique per ``seq`` (the query event's): a query id the engine has forgotten may come again
+    and is then a new query with a decision of its own (see ``stageroute.engine.core``)."""
 
     __tablename__ = "routing_decisions"
     __table_args__ = (
-        UniqueConstraint("run_id", "query_id"),
-        Index(None, "run_id", "seq"),
+        UniqueConstraint("run_id", "seq"),
+        Index(None, "run_id", "query_id"),
         Index(None, "run_id", "stage", "seq"),
     )
 
@@ -200,6 +225,7 @@ class DeadLetterRow(Base):
             postgresql_where=text("seq IS NOT NULL"),
         ),
         Index(None, "run_id"),
+        _source_index("dead_letters"),
     )
 
     id: Mapped[int] = _id()
@@ -209,6 +235,10 @@ class DeadLetterRow(Base):
     detail: Mapped[str]
     payload: Mapped[str]
     created_at: Mapped[datetime] = _created_at()
+    src_topic: Mapped[str | None]
+    """Input position of a live worker's dead letter (NULL in backtests)."""
+    src_partition: Mapped[int | None]
+    src_offset: Mapped[int | None]
 
 
 class ModelRegistryRow(Base):
@@ -230,7 +260,10 @@ class ModelRegistryRow(Base):
 
 
 class ConsumerTracking(Base):
-    """Input positions whose effects are committed; a redelivered position is a duplicate."""
+    """Input positions whose effects are committed; a redelivered position is a duplicate.
+
+    Written by ``AuditStore.write_batch`` callers that pass tracking rows; the live worker keeps
+    one row per partition in ``live_partitions`` instead."""
 
     __tablename__ = "consumer_tracking"
     __table_args__ = (UniqueConstraint("run_id", "topic", "partition", "offset"),)
@@ -240,6 +273,26 @@ class ConsumerTracking(Base):
     topic: Mapped[str]
     partition: Mapped[int]
     offset: Mapped[int]
+
+
+class LivePartition(Base):
+    """One input partition of a live run: its committed position and its owner's fence.
+
+    ``offset`` is the highest input offset whose effects (journal, decisions, dead letters) are
+    committed; a record at or below it is a redelivery. ``epoch`` is bumped by every worker that
+    is assigned the partition; a batch commits only under the epoch its worker claimed, so a
+    worker that lost the partition (paused, slow, cut off) can never write for it again."""
+
+    __tablename__ = "live_partitions"
+
+    run_id: Mapped[str] = mapped_column(
+        Uuid(as_uuid=False), ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    topic: Mapped[str] = mapped_column(primary_key=True)
+    partition: Mapped[int] = mapped_column(primary_key=True)
+    offset: Mapped[int] = mapped_column(server_default=text("-1"))
+    epoch: Mapped[int] = mapped_column(server_default=text("0"))
+    owner: Mapped[str] = mapped_column(server_default="")
+    claimed_at: Mapped[datetime] = _created_at()
 
 
 class Snapshot(Base):

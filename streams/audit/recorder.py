@@ -28,10 +28,10 @@ ENVELOPE = frozenset({"schema_version", "type", "domain"})
 BATCH = 20_000
 
 
-def open_store(url: str | None) -> AuditStore:
-    """The audit store at ``url`` (else ``STAGEROUTE_DB_URL``, else the embedded PostgreSQL),
-    migrated to the newest schema."""
-    resolved = resolve_url(url or os.environ.get("STAGEROUTE_DB_URL"))
+def open_store(url: str | None, data_dir: str | None = None) -> AuditStore:
+    """The audit store at ``url`` (else ``STAGEROUTE_DB_URL``, else the embedded PostgreSQL in
+    ``data_dir`` or its default), migrated to the newest schema."""
+    resolved = resolve_url(url or os.environ.get("STAGEROUTE_DB_URL"), data_dir=data_dir)
     upgrade(resolved)
     return AuditStore(resolved)
 
@@ -52,12 +52,20 @@ def registry_row(event: Event, seq: int) -> dict[str, Any] | None:
 
 
 class AuditRecorder:
-    """Writes each run's journal and decisions; one run at a time."""
+    """Writes each run's journal and decisions; one run at a time.
 
-    def __init__(self, store: AuditStore, kind: str, meta: dict[str, Any]) -> None:
+    ``invocation_id`` links the runs of one backtest command. With ``defer_finish`` a run's
+    ``finish_run`` only writes what is buffered: whoever has the oracle's results (the
+    backtest command, for runs made in worker processes) marks it finished with its summary.
+    """
+
+    def __init__(self, store: AuditStore, kind: str, meta: dict[str, Any],
+                 invocation_id: str | None = None, defer_finish: bool = False) -> None:
         self.store = store
         self.kind = kind
         self.meta = meta
+        self.invocation_id = invocation_id
+        self.defer_finish = defer_finish
         self.run_id: str | None = None
         self._reset()
 
@@ -72,7 +80,7 @@ class AuditRecorder:
         self._reset()
         self.run_id = self.store.create_run(
             self.kind, {**config.model_dump(mode="json")}, config.seed, config.domain,
-            config.policy)
+            config.policy, invocation_id=self.invocation_id)
         return self.run_id
 
     def record(self, seq: int, event: Event, outputs: list[Output]) -> None:
@@ -102,9 +110,5 @@ class AuditRecorder:
 
     def finish_run(self, summary: dict[str, Any]) -> None:
         self.flush()
-        if self.run_id is not None:
+        if self.run_id is not None and not self.defer_finish:
             self.store.finish_run(self.run_id, {**self.meta, **summary})
-
-
-def open_recorder(url: str | None, kind: str, meta: dict[str, Any]) -> AuditRecorder:
-    return AuditRecorder(open_store(url), kind, meta)

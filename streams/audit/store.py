@@ -28,6 +28,7 @@ its JSON text (``str``/``bytes``), e.g. the wire bytes of an event.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,13 +37,14 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 import psycopg
-from sqlalchemy import URL, Engine, Select, Table, func, insert, select, update
+from sqlalchemy import URL, Engine, Select, Table, Text, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
 from streams.audit.db import dumps, make_engine
 from streams.audit.models import (
     RUN_KINDS,
+    RUN_STATUSES,
     ConsumerTracking,
     DeadLetterRow,
     DeploymentDecisionRow,
@@ -54,6 +56,12 @@ from streams.audit.models import (
 )
 
 Row = Mapping[str, Any]
+_ID_PREFIX: Final = re.compile(r"[0-9a-f-]{4,36}")
+
+
+class RunNotFound(LookupError):
+    """No run, or more than one, matches a reference; the message says which."""
+
 TrackingKey = tuple[str, int, int]
 """A consumed input position: (topic, partition, offset)."""
 
@@ -111,7 +119,7 @@ _ROUTING: Final = _Target(
     RoutingDecisionRow.__table__,
     ("seq", "query_id", "stage", "time", "policy", "model_id", "deployed", "mu_u", "c_l",
      "alpha", "budget", "p", "draw", "status", "cached"),
-    ("query_id",),
+    ("seq",),
     json=frozenset({"deployed", "mu_u", "c_l", "alpha", "p"}),
 )
 _DEPLOYMENT: Final = _Target(
@@ -287,21 +295,27 @@ class AuditStore:
     # --- runs ------------------------------------------------------------------------------
 
     def create_run(self, kind: str, config: Mapping[str, Any], seed: int, domain: str,
-                   policy: str, *, run_id: str | uuid.UUID | None = None) -> str:
-        """Record a new run (status ``running``); returns its id (a new UUID unless given)."""
+                   policy: str, *, run_id: str | uuid.UUID | None = None,
+                   name: str | None = None, invocation_id: str | None = None) -> str:
+        """Record a new run (status ``running``); returns its id (a new UUID unless given).
+        ``name``: what the run was started as (a live worker's ``--run-id``);
+        ``invocation_id``: shared by the runs of one backtest command."""
         if kind not in RUN_KINDS:
             raise ValueError(f"run kind must be one of {RUN_KINDS}, not {kind!r}")
         rid = str(uuid.uuid4()) if run_id is None else _run_uuid(run_id)
         with self.engine.begin() as conn:
             conn.execute(insert(Run.__table__).values(
                 run_id=rid, kind=kind, config=dict(config), seed=seed, domain=domain,
-                policy=policy,
+                policy=policy, name=name,
+                invocation_id=None if invocation_id is None else _run_uuid(invocation_id),
             ))
         return rid
 
     def finish_run(self, run_id: str, summary: Mapping[str, Any],
                    status: str = "finished") -> None:
-        """Mark the run ended now, with its summary and final status."""
+        """Mark the run ended now, with its summary and final status (``RUN_STATUSES``)."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status must be one of {RUN_STATUSES}, not {status!r}")
         runs = Run.__table__
         with self.engine.begin() as conn:
             result = conn.execute(
@@ -311,12 +325,60 @@ class AuditStore:
         if result.rowcount == 0:
             raise LookupError(f"no run {run_id}")
 
-    def list_runs(self) -> list[dict[str, Any]]:
-        """All runs, oldest first."""
+    def interrupt_invocation(self, invocation_id: str) -> int:
+        """Mark the runs of a backtest command that did not finish ``interrupted``; returns
+        how many. Their stored trail is a consistent prefix (every batch is one transaction),
+        which ``audit verify`` still checks."""
         runs = Run.__table__
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(runs).where(runs.c.invocation_id == _run_uuid(invocation_id),
+                                   runs.c.status == "running")
+                .values(status="interrupted", finished_at=func.now())).rowcount
+
+    def list_runs(self, limit: int | None = None,
+                  invocation_prefix: str | None = None) -> list[dict[str, Any]]:
+        """Runs, newest first (at most ``limit``; of one backtest command if given a prefix
+        of its invocation id)."""
+        runs = Run.__table__
+        stmt = select(runs).order_by(runs.c.created_at.desc(), runs.c.run_id.desc())
+        if invocation_prefix is not None:
+            stmt = stmt.where(func.cast(runs.c.invocation_id, Text)
+                              .startswith(invocation_prefix.lower()))
         with self.engine.connect() as conn:
-            rows = conn.execute(select(runs).order_by(runs.c.created_at, runs.c.run_id))
+            rows = conn.execute(stmt if limit is None else stmt.limit(limit))
             return [dict(row) for row in rows.mappings()]
+
+    def find_run(self, ref: str, domain: str | None = None) -> dict[str, Any]:
+        """The run ``ref`` names: a run id, a unique prefix of one (4+ characters), or a run
+        name (a live worker's ``--run-id``; with ``domain`` if the name has runs in several).
+        Raises ``RunNotFound`` naming what was tried, or listing the candidates."""
+        runs = Run.__table__
+        ref = ref.strip()
+        clauses = [runs.c.name == ref]
+        if _ID_PREFIX.fullmatch(ref.lower()):
+            clauses.append(func.cast(runs.c.run_id, Text).startswith(ref.lower()))
+        stmt = select(runs).where(or_(*clauses))
+        if domain is not None:
+            stmt = stmt.where(runs.c.domain == domain)
+        with self.engine.connect() as conn:
+            found = [dict(r) for r in conn.execute(stmt.order_by(runs.c.created_at.desc(),
+                                                                 runs.c.run_id))
+                     .mappings()]
+        by_name = [r for r in found if r["name"] == ref]
+        matches = by_name or found
+        where = "" if domain is None else f" in domain {domain!r}"
+        if not matches:
+            raise RunNotFound(f"no run {ref!r}{where} (a run id, a unique id prefix or a run "
+                              "name; see: stageroute audit runs)")
+        if len(matches) > 1:
+            listed = ", ".join(f"{r['run_id']} ({r['policy']}, domain {r['domain']})"
+                               for r in matches[:6])
+            more = f" and {len(matches) - 6} more" if len(matches) > 6 else ""
+            hint = "--domain or a longer prefix" if by_name else "a longer prefix"
+            raise RunNotFound(f"{ref!r}{where} matches {len(matches)} runs: {listed}{more}; "
+                              f"give {hint}")
+        return matches[0]
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         runs = Run.__table__

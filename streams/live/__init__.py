@@ -1,7 +1,9 @@
 """The live worker: Kafka in, the engine per routing domain, Postgres audit, decisions out.
 
-* ``processor``: decode -> engine -> one transaction -> outputs (no Kafka, no faust).
-* ``app``: the faust-streaming app (one agent, concurrency 1, /health, /metrics).
-* ``lean``: the same over a plain aiokafka consumer loop, pipelined (``--runtime aiokafka``).
-* ``outputs``: what the decisions topic already holds (for re-sending after a crash).
+* ``processor``: records -> engine states -> rows and output records (no Kafka, no faust).
+* ``checkpoint``: the commit protocol both runtimes share (apply -> publish -> persist under
+  the owner's fence -> acks -> offsets), retries through outages, partition ownership.
+* ``health``: prometheus_client metrics, /health (ok, degraded, failed) and /metrics.
+* ``app``: the faust-streaming runtime; ``lean``: the plain aiokafka runtime.
+* ``parts``: what both runtimes build alike; ``settings``: their settings.
 """

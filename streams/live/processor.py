@@ -1,67 +1,63 @@
-"""The live worker's processing step, free of faust: decode -> engine -> one DB commit -> emit.
+"""The live worker's processing step, free of Kafka and faust: records in, engine states per
+routing domain, rows and output records out. ``streams.live.checkpoint`` runs it.
 
-``Processor.process(messages)`` takes one batch of consumed input records and returns the
-output records to publish. Per routing domain (one engine state, one live run each):
+Per batch:
 
-1. decode every record at the boundary; undecodable bytes become a dead letter (no ``seq``:
-   the engine never saw them), never an exception;
-2. skip records whose (topic, partition, offset) is at or below the highest offset already
-   committed for that domain's run (``consumer_tracking``): a redelivery after a crash;
-3. apply the rest to the engine, in consumption order;
-4. write journal entries, decisions, dead letters, model-registry rows and the tracking rows
-   in ONE ``AuditStore.write_batch`` transaction;
-5. only then hand the decisions and dead letters back for publishing.
+1. ``prepare``: every record of a partition this worker does not own (never claimed, or lost
+   to another worker) is left alone; a record at or below its partition's committed offset is
+   a redelivery and skipped. The rest are decoded at the boundary; undecodable bytes, and an
+   event whose message key is not its ``domain`` (or that comes from another partition than
+   its domain's), become dead letters of the worker run. The domains the batch needs are
+   loaded from the database (snapshot + journal after it) BEFORE anything is applied, so a
+   failed load leaves nothing half done and ``prepare`` may simply be called again. Then the
+   events are applied, in consumption order; the result is the rows to store and the output
+   records to publish.
+2. ``commit``: the rows of the whole batch in one transaction under the owner's fence
+   (``streams.audit.live.commit``); partitions found fenced are dropped with their domains and
+   the rest is committed.
 
-So the database is the source of truth and Kafka output is derived from it: a crash before
-the commit loses nothing (the records are redelivered, nothing of them is stored), a crash
-after it redelivers records that step 2 skips. What a crash after the commit can lose is the
-*output messages*; on restart ``Processor._load`` re-sends exactly the stored decisions the
-output topic lacks.
+Ownership: ``assign`` claims partitions (a new epoch each) and returns the outputs committed
+from records that Kafka's committed offsets do not cover, which a crash may have left unsent;
+``revoke`` forgets partitions and drops the states of their domains. A domain's state is only
+ever loaded after its partition was claimed, so it is the state the database holds.
 
-Why engine state lives in Postgres (snapshots + journal), not in faust tables: the journal
-entries, decisions and tracking rows of a batch commit in the same transaction, so "state as
-of the last commit" is exactly "latest snapshot + journal entries after it", with no second
-store (a RocksDB table and its changelog topic) that would have to be kept consistent with
-the database across crashes. Snapshots only bound the replay on start; one is serialised at
-the end of a batch and stored only after that batch's commit, so any stored snapshot is a
-state the journal reaches.
-
-Batches holding several domains commit one transaction per domain; tracking is per domain
-run, so a crash between two of them leaves each domain either fully committed or not at all.
+Runs: each domain is a live run of its own (``live_run_id(run_name, domain)``); the worker
+run ``worker_run_id(run_name)`` holds the partition positions and fences and the dead letters
+of records that belong to no domain.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
-
-from pydantic import ValidationError
-from sqlalchemy import func, select
 
 from schemas import (
     DeadLetter,
     DeadLetterReason,
     DeploymentDecision,
-    EventRejected,
+    Event,
     RoutingDecision,
-    dead_letter,
     decode_event,
     encode,
 )
 from schemas.base import DEFAULT_DOMAIN
 from stageroute.engine import EngineConfig, EngineState, apply, initial_state, restore, snapshot
-from streams.audit.models import ConsumerTracking, DeploymentDecisionRow, RoutingDecisionRow
+from streams.audit import live
+from streams.audit.live import TP, Fenced, RunWrite
 from streams.audit.recorder import decision_row, registry_row
 from streams.audit.store import AuditStore
+from streams.live.boundary import Message, decode
+from streams.live.boundary import letter as rejected  # `letter` names a dead letter below
+from streams.live.health import Metrics
 
 RUN_NAMESPACE: Final = uuid.UUID("5e7c2a4e-6d1b-4f5e-9b1a-2f0c3d4e5a60")
 """uuid5 namespace of live run ids: run (name, domain) -> runs.run_id."""
+
+WORKER_DOMAIN: Final = ""
+"""The ``runs.domain`` of a worker run (not a valid routing domain, so no domain collides)."""
 
 
 def live_run_id(run_name: str, domain: str) -> str:
@@ -69,22 +65,14 @@ def live_run_id(run_name: str, domain: str) -> str:
     return str(uuid.uuid5(RUN_NAMESPACE, f"live\x1f{run_name}\x1f{domain}"))
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One consumed input record."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int | None = None
+def worker_run_id(run_name: str) -> str:
+    return live_run_id(run_name, WORKER_DOMAIN)
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One output record to publish after the commit: a decision (routing or deployment), or
-    a dead letter (``dead``), keyed by domain."""
+    """One output record: a decision (routing or deployment), or a dead letter (``dead``),
+    keyed by domain."""
 
     dead: bool
     key: bytes
@@ -100,254 +88,262 @@ class DomainRun:
     domain: str
     run_id: str
     state: EngineState
-    tracked: dict[tuple[str, int], int]
-    """Highest committed offset per (topic, partition)."""
+    partition: int
+    """The partition number the domain is consumed from (its key's)."""
     since_snapshot: int = 0
 
 
 @dataclass(slots=True)
-class _Pending:
-    """What one batch produced for one domain, until its commit."""
-
-    journal: list[dict[str, Any]] = field(default_factory=list)
-    routing: list[dict[str, Any]] = field(default_factory=list)
-    deployments: list[dict[str, Any]] = field(default_factory=list)
-    dead_letters: list[dict[str, Any]] = field(default_factory=list)
-    models: list[dict[str, Any]] = field(default_factory=list)
-    tracking: dict[tuple[str, int], int] = field(default_factory=dict)
-    out: list[Outgoing] = field(default_factory=list)
-    snapshot: tuple[int, bytes] | None = None
-
-
-@dataclass(slots=True)
 class Prepared:
-    """A batch applied to the engine, not yet committed."""
+    """A batch applied to the engine states, not yet committed."""
 
-    started: float
-    resend: list[Outgoing] = field(default_factory=list)
-    pending: dict[str, _Pending] = field(default_factory=dict)
-
-
-@dataclass
-class Metrics:
-    """Counters for ``/metrics``; updated by the processing thread, read by the web server."""
-
-    started: float = field(default_factory=time.time)
-    events: int = 0
-    decisions: int = 0
-    deployments: int = 0
-    dead_letters: int = 0
-    skipped_redelivered: int = 0
-    resent: int = 0
-    batches: int = 0
-    snapshots: int = 0
-    last_batch_seconds: float = 0.0
-    last_commit: float | None = None
-    #: (wall time, decisions so far) samples, for a recent decisions/s figure.
-    samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
-    positions: dict[tuple[str, int], int] = field(default_factory=dict)
-    """Next offset to consume per (topic, partition), for lag."""
-
-    def rate(self, window: float = 10.0) -> float:
-        now = time.time()
-        recent = [(t, n) for t, n in self.samples if now - t <= window]
-        if len(recent) < 2:
-            return 0.0
-        (t0, n0), (t1, n1) = recent[0], recent[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+    writes: dict[str, RunWrite] = field(default_factory=dict)
+    spans: dict[TP, tuple[int, int]] = field(default_factory=dict)
+    """First and last offset applied per partition (what the commit moves the position to)."""
+    offsets: dict[TP, int] = field(default_factory=dict)
+    """Next offset to consume per partition, to commit to Kafka once the batch is stored."""
+    out: list[Outgoing] = field(default_factory=list)
 
 
 class Processor:
-    """Engine states per domain, persisted through ``store``; one thread at a time."""
+    """Engine states of the domains on the partitions this worker owns; one thread at a
+    time (the checkpoint calls it from one executor thread)."""
 
-    def __init__(self, store: AuditStore, run_name: str, config: EngineConfig,
-                 snapshot_every: int = 10_000,
-                 last_sent: Callable[[], dict[str, int]] | None = None) -> None:
+    def __init__(self, store: AuditStore, run_name: str, config: EngineConfig, metrics: Metrics,
+                 snapshot_every: int = 10_000, owner: str | None = None) -> None:
         self.store = store
         self.run_name = run_name
         self.config = config
+        self.metrics = metrics
         self.snapshot_every = snapshot_every
+        self.owner = owner or live.new_owner_id()
+        self.worker_run = worker_run_id(run_name)
         self.runs: dict[str, DomainRun] = {}
-        self.metrics = Metrics()
-        self._last_sent_source = last_sent
-        self._last_sent: dict[str, int] | None = None
-        # process() runs in a worker thread; a shutdown snapshot must not see half a batch.
-        self.lock = threading.Lock()
+        self.epochs: dict[TP, int] = {}
+        self.positions: dict[TP, int] = {}
+        """Highest offset applied per owned partition (committed, or prepared ahead of it)."""
+        self._worker_run_ready = False
 
-    # --- loading -------------------------------------------------------------------------
+    # --- ownership -------------------------------------------------------------------------
 
-    def domain_config(self, domain: str) -> EngineConfig:
-        return self.config.model_copy(update={"domain": domain})
+    def assign(self, partitions: Iterable[TP], committed: dict[TP, int]) -> list[Outgoing]:
+        """Claim ``partitions``; returns the stored outputs of records past ``committed`` (the
+        next offset Kafka's committed offsets say to read, per partition) to re-send."""
+        self._ensure_worker_run()
+        claims = live.claim(self.store, self.worker_run, list(partitions), self.owner)
+        numbers = {p for _, p in claims}
+        self._drop(lambda run: run.partition in numbers)
+        resend: list[Outgoing] = []
+        for tp, claimed in claims.items():
+            self.epochs[tp] = claimed.epoch
+            self.positions[tp] = claimed.offset
+            after = committed.get(tp, 0) - 1
+            if claimed.offset > after:
+                resend.extend(self._stored_outputs(tp, after, claimed.offset))
+        self.metrics.resent.inc(len(resend))
+        return resend
 
-    def _load(self, domain: str, out: list[Outgoing]) -> DomainRun:
-        """The domain's run: created, or restored (snapshot + journal after it) with its
-        tracking maxima; decisions the output topic lacks are queued on ``out`` for resending.
+    def revoke(self, partitions: Iterable[TP]) -> None:
+        """Forget ``partitions`` and the states of the domains consumed from them."""
+        for tp in partitions:
+            self.epochs.pop(tp, None)
+            self.positions.pop(tp, None)
+        owned = {p for _, p in self.epochs}
+        self._drop(lambda run: run.partition not in owned)
 
-        A crash between the commit and the producer's acks loses output messages. Decisions
-        of a domain are sent in ``seq`` order to one partition by an idempotent producer, so
-        the output topic holds a prefix of them: the highest ``seq`` found there
-        (``last_sent``) says exactly which stored decisions to send again.
-        """
-        run_id = live_run_id(self.run_name, domain)
-        config = self.domain_config(domain)
-        wanted = config.model_dump(mode="json")
-        run = self.store.get_run(run_id)
-        if run is None:
-            self.store.create_run("live", wanted, config.seed, domain, config.policy,
-                                  run_id=run_id)
-            loaded = DomainRun(domain, run_id, initial_state(config), {})
-        else:
-            if run["config"] != wanted:
-                raise ConfigMismatch(
-                    f"live run {self.run_name!r} (domain {domain!r}, {run_id}) was started with "
-                    f"another engine config; use a new --run-id")
-            loaded = DomainRun(domain, run_id, load_state(self.store, run_id, config),
-                               tracking_maxima(self.store, run_id))
-            out.extend(self._resend(loaded))
-        self.runs[domain] = loaded
-        return loaded
+    def _lose(self, fenced: Iterable[TP]) -> set[int]:
+        numbers = {p for _, p in fenced}
+        self.revoke([tp for tp in self.epochs if tp[1] in numbers])
+        self.metrics.fenced.inc(len(numbers))
+        return numbers
 
-    def _resend(self, run: DomainRun) -> list[Outgoing]:
-        if self._last_sent is None:
-            self._last_sent = self._last_sent_source() if self._last_sent_source else {}
-        after = self._last_sent.get(run.domain, -1)
-        resent = [Outgoing(False, run.domain.encode(), encode(d))
-                  for d in stored_decisions(self.store, run.run_id, run.domain, after)]
-        self.metrics.resent += len(resent)
-        return resent
+    def _drop(self, doomed: Any) -> None:
+        for domain in [d for d, run in self.runs.items() if doomed(run)]:
+            del self.runs[domain]
+        self.metrics.domains.set(len(self.runs))
+
+    def _stored_outputs(self, tp: TP, after: int, upto: int) -> list[Outgoing]:
+        ours = lambda run_id, domain: run_id == live_run_id(self.run_name, domain)  # noqa: E731
+        out = []
+        for _, domain, row in live.committed_outputs(self.store, tp, after, upto, ours):
+            kind = row.pop("type")
+            key = domain or DEFAULT_DOMAIN
+            if kind == "dead_letter":
+                letter = DeadLetter(domain=key, **row)
+                out.append(Outgoing(True, key.encode(), encode(letter)))
+                continue
+            cls = RoutingDecision if kind == "routing_decision" else DeploymentDecision
+            # As stored (the engine made it): not validated again.
+            decision = cls.model_construct(**row, type=kind, domain=domain)
+            out.append(Outgoing(False, domain.encode(), encode(decision)))
+        return out
 
     # --- processing ----------------------------------------------------------------------
 
-    def process(self, messages: Sequence[Message]) -> list[Outgoing]:
-        """One batch: see the module docstring. Returns what to publish, in order."""
-        with self.lock:
-            return self.commit(self.prepare(messages))
-
     def prepare(self, messages: Sequence[Message]) -> Prepared:
-        """Steps 1-3: decode, skip redeliveries, apply. The engine states run ahead of the
-        database until ``commit`` of the result; ``prepare`` of the next batch may overlap
-        that commit (a pipelined runtime), never precede it in ``commit`` order."""
-        prepared = Prepared(started=time.perf_counter())
-        out, pending = prepared.resend, prepared.pending
-        metrics = self.metrics
+        """Step 1 of the module docstring."""
+        batch = Prepared()
+        todo: list[tuple[Message, Event | None, DeadLetter | None]] = []
+        positions = dict(self.positions)
         for msg in messages:
-            metrics.positions[(msg.topic, msg.partition)] = msg.offset + 1
-            try:
-                event = decode_event(msg.value if msg.value is not None else b"")
-            except EventRejected as rejected:
-                domain = _key_domain(msg.key)
-                run = self.runs.get(domain) or self._load(domain, out)
-                if msg.offset <= run.tracked.get((msg.topic, msg.partition), -1):
-                    metrics.skipped_redelivered += 1
-                    continue
-                batch = pending.setdefault(domain, _Pending())
-                letter = dead_letter(rejected, domain)
-                batch.dead_letters.append(decision_row(letter))
-                batch.out.append(Outgoing(True, domain.encode(), encode(letter)))
-                batch.tracking[(msg.topic, msg.partition)] = msg.offset
+            tp = (msg.topic, msg.partition)
+            if tp not in self.epochs:
                 continue
-            domain = event.domain
-            run = self.runs.get(domain) or self._load(domain, out)
-            if msg.offset <= run.tracked.get((msg.topic, msg.partition), -1):
-                metrics.skipped_redelivered += 1
+            batch.offsets[tp] = msg.offset + 1
+            if msg.offset <= positions[tp]:
+                self.metrics.skipped.inc()
                 continue
-            batch = pending.setdefault(domain, _Pending())
-            seq = run.state.seq
-            _, outputs = apply(run.state, event)
-            _record(batch, seq, event, outputs, domain)
-            batch.tracking[(msg.topic, msg.partition)] = msg.offset
-        for domain, batch in pending.items():
-            run = self.runs[domain]
-            run.tracked.update(batch.tracking)
-            run.since_snapshot += len(batch.journal)
+            positions[tp] = msg.offset
+            todo.append((msg, *decode(msg)))
+        # Loads touch the database: all of them before any state changes.
+        for msg, event, _ in todo:
+            if event is not None and event.domain not in self.runs:
+                self._load(event.domain, msg.partition)
+        now = datetime.now(UTC)
+        for msg, event, letter in todo:
+            tp = (msg.topic, msg.partition)
+            first = batch.spans.get(tp, (msg.offset, 0))[0]
+            batch.spans[tp] = (first, msg.offset)
+            source = {"src_topic": msg.topic, "src_partition": msg.partition,
+                      "src_offset": msg.offset}
+            run = self.runs.get(event.domain) if event is not None else None
+            if event is not None and run is not None and run.partition != msg.partition:
+                letter = rejected(msg, DeadLetterReason.KEY_MISMATCH,
+                                  f"domain {event.domain!r} is consumed from partition "
+                                  f"{run.partition}, not {msg.partition}",
+                                  encode(event).decode())
+            if letter is not None or event is None or run is None:
+                assert letter is not None
+                self._write(batch, self.worker_run).dead_letters.append(
+                    {**decision_row(letter), **source})
+                batch.out.append(Outgoing(True, letter.domain.encode(), encode(letter)))
+                continue
+            self._apply(batch, run, event, source, now)
+        self.positions.update({tp: last for tp, (_, last) in batch.spans.items()})
+        for run in self.runs.values():
             if run.since_snapshot >= self.snapshot_every:
-                # Serialised now, saved after the commit: the state as of this batch's end.
-                batch.snapshot = (run.state.seq, snapshot(run.state))
+                # Serialised now, stored in the batch's transaction: the state at its end.
+                self._write(batch, run.run_id).snapshot = (run.state.seq, snapshot(run.state))
                 run.since_snapshot = 0
-        return prepared
+        return batch
 
-    def commit(self, prepared: Prepared) -> list[Outgoing]:
-        """Steps 4-5: one transaction per domain, then the records to publish."""
-        metrics = self.metrics
-        out = list(prepared.resend)
-        applied_at = datetime.now(UTC)
-        for domain, batch in prepared.pending.items():
-            run_id = live_run_id(self.run_name, domain)
-            for entry in batch.journal:
-                entry["applied_at"] = applied_at
+    def _apply(self, batch: Prepared, run: DomainRun, event: Event, source: dict[str, Any],
+               now: datetime) -> None:
+        write = self._write(batch, run.run_id)
+        seq = run.state.seq
+        _, outputs = apply(run.state, event)
+        run.since_snapshot += 1
+        write.journal.append({"seq": seq, "event_type": event.type, "event": encode(event),
+                              "applied_at": now, **source})
+        accepted = True
+        key = run.domain.encode()
+        for output in outputs:
+            if isinstance(output, RoutingDecision):
+                write.routing.append(decision_row(output))
+            elif isinstance(output, DeploymentDecision):
+                write.deployments.append(decision_row(output))
+            else:
+                accepted = False
+                write.dead_letters.append({**decision_row(output), **source})
+            batch.out.append(Outgoing(isinstance(output, DeadLetter), key, encode(output)))
+        registry = registry_row(event, seq) if accepted else None
+        if registry is not None:
+            write.models.append(registry)
+
+    @staticmethod
+    def _write(batch: Prepared, run_id: str) -> RunWrite:
+        write = batch.writes.get(run_id)
+        if write is None:
+            write = batch.writes[run_id] = RunWrite(run_id)
+        return write
+
+    def commit(self, batch: Prepared) -> set[int]:
+        """Step 2: store the batch; returns the partition numbers found fenced (their
+        records are not stored and their offsets must not be committed). A failure of the
+        database raises and may be retried with the same ``batch``."""
+        lost: set[int] = set()
+        while batch.spans:
             try:
-                self.store.write_batch(
-                    run_id, journal=batch.journal, routing=batch.routing,
-                    deployments=batch.deployments, dead_letters=batch.dead_letters,
-                    models=batch.models,
-                    # The highest offset per partition is enough: records of a domain commit
-                    # in offset order, so "<= max" is exactly "already committed".
-                    tracking=[(t, p, o) for (t, p), o in batch.tracking.items()])
-                if batch.snapshot is not None and self.store.save_snapshot(run_id,
-                                                                           *batch.snapshot):
-                    metrics.snapshots += 1
-            except BaseException:
-                # Engine states ran ahead of the database and earlier domains' outputs are
-                # unsent: forget every domain, so each is reloaded from the database (and its
-                # unsent decisions found again) on its next record.
-                self.runs.clear()
-                self._last_sent = None
-                raise
-            metrics.events += len(batch.journal)
-            metrics.decisions += len(batch.routing)
-            metrics.deployments += len(batch.deployments)
-            metrics.dead_letters += len(batch.dead_letters)
-            out.extend(batch.out)
-        metrics.batches += 1
-        metrics.last_batch_seconds = time.perf_counter() - prepared.started
-        metrics.last_commit = time.time()
-        metrics.samples.append((metrics.last_commit, metrics.decisions))
-        return out
+                live.commit(self.store, self.worker_run, self.epochs, batch.spans,
+                            batch.writes.values())
+                break
+            except Fenced as fenced:
+                lost |= self._lose(fenced.partitions)
+                _without(batch, lost, self.worker_run,
+                         {run.run_id for run in self.runs.values()})
+        m, writes = self.metrics, batch.writes.values()
+        m.events.inc(sum(len(w.journal) for w in writes))
+        m.decisions.inc(sum(len(w.routing) for w in writes))
+        m.deployments.inc(sum(len(w.deployments) for w in writes))
+        m.dead_letters.inc(sum(len(w.dead_letters) for w in writes))
+        m.snapshots.inc(sum(w.snapshot is not None for w in writes))
+        return lost
 
-    def snapshot_all(self) -> None:
-        """Snapshot every domain's state (at shutdown; call only when every prepared batch
-        is committed)."""
-        with self.lock:
-            for run in self.runs.values():
-                if run.since_snapshot:
-                    if self.store.save_snapshot(run.run_id, run.state.seq,
-                                                snapshot(run.state)):
-                        self.metrics.snapshots += 1
-                    run.since_snapshot = 0
+    def reset(self) -> None:
+        """After a batch that can never commit: forget every state and prepared position, so
+        that each is read again from the database."""
+        self.runs.clear()
+        stored = live.positions(self.store, self.worker_run)
+        for tp in list(self.epochs):
+            self.positions[tp] = stored[tp].offset if tp in stored else -1
+        self.metrics.domains.set(0)
 
+    # --- loading -------------------------------------------------------------------------
 
-def _key_domain(key: bytes | None) -> str:
-    if not key:
-        return DEFAULT_DOMAIN
-    try:
-        text = key.decode()
-        DeadLetter(domain=text, reason=DeadLetterReason.MALFORMED, detail="", payload="")
-    except (UnicodeDecodeError, ValidationError):
-        return DEFAULT_DOMAIN
-    return text
+    def _ensure_worker_run(self) -> None:
+        if self._worker_run_ready:
+            return
+        if self.store.get_run(self.worker_run) is None:
+            config = self.config.model_copy(update={"domain": WORKER_DOMAIN})
+            try:
+                self.store.create_run("live", config.model_dump(mode="json"), config.seed,
+                                      WORKER_DOMAIN, config.policy, run_id=self.worker_run,
+                                      name=self.run_name)
+            except Exception:
+                if self.store.get_run(self.worker_run) is None:  # not a concurrent creator
+                    raise
+        self._worker_run_ready = True
 
-
-def _record(batch: _Pending, seq: int, event: Any, outputs: Iterable[Any], domain: str) -> None:
-    batch.journal.append({"seq": seq, "event_type": event.type, "event": encode(event)})
-    accepted = True
-    key = domain.encode()
-    for output in outputs:
-        if isinstance(output, RoutingDecision):
-            batch.routing.append(decision_row(output))
-            batch.out.append(Outgoing(False, key, encode(output)))
-        elif isinstance(output, DeploymentDecision):
-            batch.deployments.append(decision_row(output))
-            batch.out.append(Outgoing(False, key, encode(output)))
-        elif isinstance(output, DeadLetter):
-            accepted = False
-            batch.dead_letters.append(decision_row(output))
-            batch.out.append(Outgoing(True, key, encode(output)))
-    registry = registry_row(event, seq) if accepted else None
-    if registry is not None:
-        batch.models.append(registry)
+    def _load(self, domain: str, partition: int) -> DomainRun:
+        """The domain's run: created, or restored from its latest snapshot and the journal
+        after it."""
+        run_id = live_run_id(self.run_name, domain)
+        config = self.config.model_copy(update={"domain": domain})
+        wanted = config.model_dump(mode="json")
+        run = self.store.get_run(run_id)
+        if run is None:
+            try:
+                self.store.create_run("live", wanted, config.seed, domain, config.policy,
+                                      run_id=run_id, name=self.run_name)
+            except Exception:
+                if self.store.get_run(run_id) is None:
+                    raise
+            state = initial_state(config)
+        elif run["config"] != wanted:
+            raise ConfigMismatch(
+                f"live run {self.run_name!r} (domain {domain!r}, {run_id}) was started with "
+                f"another engine config; use a new --run-id")
+        else:
+            state = load_state(self.store, run_id, config)
+        loaded = self.runs[domain] = DomainRun(domain, run_id, state, partition)
+        self.metrics.domains.set(len(self.runs))
+        return loaded
 
 
-# --- reads used on start ----------------------------------------------------------------------
+def _without(batch: Prepared, numbers: set[int], worker_run: str, loaded: set[str]) -> None:
+    """Remove the partitions ``numbers`` from a batch: their positions, offsets and rows (the
+    domains consumed from them are no longer ``loaded``)."""
+    batch.spans = {tp: s for tp, s in batch.spans.items() if tp[1] not in numbers}
+    batch.offsets = {tp: o for tp, o in batch.offsets.items() if tp[1] not in numbers}
+    for run_id, write in list(batch.writes.items()):
+        if run_id == worker_run:
+            write.dead_letters = [r for r in write.dead_letters
+                                  if r["src_partition"] not in numbers]
+        elif run_id not in loaded:
+            del batch.writes[run_id]
+
+
+# --- reads used on load -----------------------------------------------------------------------
 
 
 def load_state(store: AuditStore, run_id: str, config: EngineConfig) -> EngineState:
@@ -359,27 +355,3 @@ def load_state(store: AuditStore, run_id: str, config: EngineConfig) -> EngineSt
             raise RuntimeError(f"run {run_id}: journal gap, expected seq {state.seq}, got {seq}")
         apply(state, decode_event(event))
     return state
-
-
-def tracking_maxima(store: AuditStore, run_id: str) -> dict[tuple[str, int], int]:
-    t = ConsumerTracking.__table__
-    stmt = (select(t.c.topic, t.c.partition, func.max(t.c.offset))
-            .where(t.c.run_id == run_id).group_by(t.c.topic, t.c.partition))
-    with store.engine.connect() as conn:
-        return {(topic, partition): offset for topic, partition, offset in conn.execute(stmt)}
-
-
-def stored_decisions(store: AuditStore, run_id: str, domain: str,
-                     after_seq: int) -> list[RoutingDecision | DeploymentDecision]:
-    """The run's routing and deployment decisions with ``seq > after_seq``, in seq order."""
-    found: list[tuple[int, int, RoutingDecision | DeploymentDecision]] = []
-    for table, cls, rank in ((DeploymentDecisionRow.__table__, DeploymentDecision, 0),
-                             (RoutingDecisionRow.__table__, RoutingDecision, 1)):
-        columns = [c for c in table.c if c.name not in ("id", "run_id")]
-        stmt = select(*columns).where(table.c.run_id == run_id, table.c.seq > after_seq)
-        with store.engine.connect() as conn:
-            for row in conn.execute(stmt).mappings():
-                decision = cls.model_validate({**row, "domain": domain})
-                found.append((row["seq"], rank, decision))
-    found.sort(key=lambda item: (item[0], item[1]))
-    return [d for _, _, d in found]

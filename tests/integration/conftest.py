@@ -2,14 +2,18 @@
 
 ``pg_url`` is the server: ``$STAGEROUTE_TEST_DB_URL`` if set (any database on a server where
 the user may create databases), else the repo's development server, started with
-``infra/postgres.sh start`` (idempotent; it is left running for the next session, stop it
-with ``infra/postgres.sh stop``). No mocks.
+``infra/postgres.sh start``. No mocks.
+
+A service the tests started is stopped when the session ends (one that was already running is
+left as it was); ``STAGEROUTE_KEEP_SERVICES=1`` keeps them up for the next session, which
+then starts faster.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,20 +28,37 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_SH = REPO_ROOT / "infra" / "postgres.sh"
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> str:
-    """URL of a database on a running PostgreSQL server."""
-    url = os.environ.get("STAGEROUTE_TEST_DB_URL")
-    if url:
-        return url
-    proc = subprocess.run([str(POSTGRES_SH), "start"], capture_output=True, text=True,
-                          timeout=300, check=False)
+def _start(script: Path, what: str, request: pytest.FixtureRequest) -> str:
+    """Start ``script``'s service and return the last line it prints (``what``); stop it at
+    the end of the session if it was not running before."""
+    running = subprocess.run([str(script), "status"], capture_output=True, timeout=60,
+                             check=False).returncode == 0
+    if not running and os.environ.get("STAGEROUTE_KEEP_SERVICES") != "1":
+        def stop() -> None:
+            subprocess.run([str(script), "stop"], capture_output=True, timeout=120, check=False)
+
+        request.session.config.add_cleanup(stop)
+    for attempt in range(3):
+        # A loopback port can be held for a moment by another process's outgoing connection
+        # (ports above 32767 are also ephemeral ones): try again before failing the session.
+        proc = subprocess.run([str(script), "start"], capture_output=True, text=True,
+                              timeout=300, check=False)
+        if proc.returncode == 0 or attempt == 2:
+            break
+        time.sleep(3)
+    name = f"infra/{script.name} start"
     if proc.returncode != 0:
-        pytest.fail(f"infra/postgres.sh start failed (exit {proc.returncode}):\n{proc.stderr}")
+        pytest.fail(f"{name} failed (exit {proc.returncode}):\n{proc.stderr}")
     lines = proc.stdout.strip().splitlines()
     if not lines:
-        pytest.fail(f"infra/postgres.sh start printed no URL:\n{proc.stderr}")
+        pytest.fail(f"{name} printed no {what}:\n{proc.stderr}")
     return lines[-1]
+
+
+@pytest.fixture(scope="session")
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """URL of a database on a running PostgreSQL server."""
+    return os.environ.get("STAGEROUTE_TEST_DB_URL") or _start(POSTGRES_SH, "URL", request)
 
 
 @pytest.fixture
@@ -66,18 +87,13 @@ KAFKA_SH = REPO_ROOT / "infra" / "kafka.sh"
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
+def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
     """Bootstrap address of a running Kafka broker: ``$STAGEROUTE_TEST_KAFKA`` if set, else the
-    repo's KRaft broker, started with ``infra/kafka.sh start`` (idempotent; port from
-    ``$STAGEROUTE_KAFKA_PORT``; left running, stop it with ``infra/kafka.sh stop``)."""
-    address = os.environ.get("STAGEROUTE_TEST_KAFKA")
-    if address:
-        return address
-    proc = subprocess.run([str(KAFKA_SH), "start"], capture_output=True, text=True,
-                          timeout=300, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"infra/kafka.sh start failed (exit {proc.returncode}):\n{proc.stderr}")
-    lines = proc.stdout.strip().splitlines()
-    if not lines:
-        pytest.fail(f"infra/kafka.sh start printed no address:\n{proc.stderr}")
-    return lines[-1]
+    repo's KRaft broker, started with ``infra/kafka.sh start`` (port from
+    ``$STAGEROUTE_KAFKA_PORT``; stopped at the end unless it was running before)."""
+    return os.environ.get("STAGEROUTE_TEST_KAFKA") or _start(KAFKA_SH, "address", request)
+
+
+from tests.integration.livekit import stream_env_factory  # noqa: E402  (a fixture)
+
+__all__ = ["stream_env_factory"]

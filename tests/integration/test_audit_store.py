@@ -358,7 +358,7 @@ def test_run_lifecycle(store: AuditStore, new_run: Callable[..., str]) -> None:
     first = new_run("backtest")
     second = new_run("live", seed=2**62)
     runs = store.list_runs()
-    assert [r["run_id"] for r in runs] == [first, second]
+    assert [r["run_id"] for r in runs] == [second, first]  # newest first
     run = store.get_run(second)
     assert run is not None
     assert (run["kind"], run["seed"], run["status"], run["domain"], run["policy"]) == (

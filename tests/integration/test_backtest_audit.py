@@ -26,14 +26,14 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def backtest_run(migrated_db: str, tmp_path: Path) -> dict[str, Any]:
     summary = tmp_path / "summary.json"
     result = cli("backtest", "--quiet", "--horizon", "3000", "--policies", "stageroute,greedy",
-                 "--db-url", migrated_db, "--json", str(summary), cwd=tmp_path)
+                 "--seed", "0", "--db-url", migrated_db, "--json", str(summary), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     return {"db": migrated_db, "cwd": tmp_path, "summary": json.loads(summary.read_text())}
 
 
 def test_backtest_writes_every_decision_and_verify_passes(backtest_run: dict[str, Any]) -> None:
     db, cwd = backtest_run["db"], backtest_run["cwd"]
-    run_id = backtest_run["summary"]["policies"][0]["run_id"]
+    run_id = backtest_run["summary"]["policies"][0]["run_ids"][0]
     with make_engine(db).connect() as conn:
         routed = conn.execute(text("SELECT count(*), count(DISTINCT query_id) FROM "
                                    "routing_decisions WHERE run_id = :r"), {"r": run_id}).one()
@@ -44,7 +44,7 @@ def test_backtest_writes_every_decision_and_verify_passes(backtest_run: dict[str
     assert result.returncode == 0, result.stderr
     assert "verified: 0 mismatches" in result.stdout
     listing = cli("audit", "--db-url", db, "runs", cwd=cwd)
-    assert run_id in listing.stdout
+    assert run_id[:8] in listing.stdout
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_backtest_writes_every_decision_and_verify_passes(backtest_run: dict[str
 def test_verify_detects_a_tampered_decision(backtest_run: dict[str, Any], column: str,
                                             value: str) -> None:
     db, cwd = backtest_run["db"], backtest_run["cwd"]
-    run_id = backtest_run["summary"]["policies"][0]["run_id"]
+    run_id = backtest_run["summary"]["policies"][0]["run_ids"][0]
     with make_engine(db).begin() as conn:
         conn.execute(text(f"UPDATE routing_decisions SET {column} = {value} "
                           "WHERE run_id = :r AND query_id = 'q1234'"), {"r": run_id})
@@ -65,7 +65,7 @@ def test_verify_detects_a_tampered_decision(backtest_run: dict[str, Any], column
 
 def test_verify_detects_a_deleted_decision(backtest_run: dict[str, Any]) -> None:
     db, cwd = backtest_run["db"], backtest_run["cwd"]
-    run_id = backtest_run["summary"]["policies"][0]["run_id"]
+    run_id = backtest_run["summary"]["policies"][0]["run_ids"][0]
     with make_engine(db).begin() as conn:
         conn.execute(text("DELETE FROM routing_decisions WHERE run_id = :r AND query_id = 'q7'"),
                      {"r": run_id})
@@ -76,7 +76,7 @@ def test_verify_detects_a_deleted_decision(backtest_run: dict[str, Any]) -> None
 
 def test_export_and_decision_queries(backtest_run: dict[str, Any]) -> None:
     db, cwd = backtest_run["db"], backtest_run["cwd"]
-    run_id = backtest_run["summary"]["policies"][0]["run_id"]
+    run_id = backtest_run["summary"]["policies"][0]["run_ids"][0]
     out = cwd / "routing.csv"
     assert cli("audit", "--db-url", db, "export", run_id, "--to", str(out), cwd=cwd).returncode == 0
     assert len(out.read_text().splitlines()) == 3001  # header + one row per query
@@ -91,14 +91,37 @@ def test_export_and_decision_queries(backtest_run: dict[str, Any]) -> None:
     assert missing.returncode == 2 and "no run" in missing.stderr
 
 
+def test_stored_summary_has_what_the_cli_printed(migrated_db: str, tmp_path: Path) -> None:
+    db, cwd = migrated_db, tmp_path
+    out = tmp_path / "summary.json"
+    result = cli("backtest", "--quiet", "--horizon", "1000", "--policies", "stageroute,greedy",
+                 "--seeds", "2", "--db-url", db, "--json", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.read_text())
+    row = summary["per_seed"][1]["policies"][0]
+    shown = cli("audit", "--db-url", db, "show", row["run_id"], "--json", cwd=cwd)
+    stored = json.loads(shown.stdout)
+    assert stored["invocation_id"] == summary["invocation_id"]
+    for key in ("regret", "pct_of_oracle", "oracle_avg_reward", "avg_reward"):
+        assert stored["summary"][key] == pytest.approx(row[key])
+    for key in ("horizon", "stages", "order", "feedback_delay", "seeds", "warning_count"):
+        assert stored["summary"][key] == summary[key]
+    listing = cli("audit", "--db-url", db, "runs", "--backtest",
+                  summary["invocation_id"][:8], "--json", cwd=cwd)
+    runs = json.loads(listing.stdout)
+    assert len(runs) == 6 and {r["status"] for r in runs} == {"finished"}
+    created = [r["created_at"] for r in runs]
+    assert created == sorted(created, reverse=True)  # newest first
+
+
 def test_a_budget_below_every_model_routes_the_cheapest_and_verifies(migrated_db: str,
                                                                       tmp_path: Path) -> None:
     # $0.00005 per query is below every bundled model's mean cost: the defined outcome is the
     # cheapest mix, flagged, counted, and as auditable as any other decision.
     summary_file = tmp_path / "summary.json"
     result = cli("backtest", "--quiet", "--horizon", "1500", "--budget", "0.00005",
-                 "--policies", "stageroute,stageroute_paper", "--db-url", migrated_db,
-                 "--json", str(summary_file), cwd=tmp_path)
+                 "--seed", "0", "--policies", "stageroute,stageroute_paper", "--db-url",
+                 migrated_db, "--json", str(summary_file), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(summary_file.read_text())
     oracle, (ours, paper) = summary["oracle"], summary["policies"]
@@ -106,6 +129,9 @@ def test_a_budget_below_every_model_routes_the_cheapest_and_verifies(migrated_db
     assert ours["avg_cost"] == pytest.approx(oracle["avg_cost"])  # the least anyone can spend
     assert ours["over_budget"] and paper["over_budget"]
     assert "over budget" in result.stdout and "below every deployed mix" in result.stdout
+    # Warned before the runs: the budget is below what every live model costs.
+    assert "budget_below_live_models" in json.dumps(summary["warnings"])
+    assert "warning:" in result.stderr
     with make_engine(migrated_db).connect() as conn:
         statuses = conn.execute(text(
             "SELECT status, count(*) FROM routing_decisions WHERE run_id = :r GROUP BY status"),

@@ -70,6 +70,15 @@ def test_topics_create_is_idempotent(kafka_bootstrap: str, prefix: str) -> None:
     again = _cli("topics", "create", "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("exists ") == 8
+    listing = _cli("topics", "list", "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.count("1 partition(s)") == 8
+
+
+def test_topics_list_asks_the_broker(kafka_bootstrap: str, prefix: str) -> None:
+    listing = _cli("topics", "list", "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.count("missing (stageroute topics create)") == 8
 
 
 def test_publish_sends_good_lines_reports_bad_ones_and_exits_2(kafka_bootstrap: str,
@@ -107,3 +116,12 @@ def test_replay_publishes_a_log_in_order(kafka_bootstrap: str, prefix: str,
     assert done.returncode == 0, done.stderr
     got = _read(kafka_bootstrap, topics.TopicNames(prefix).events)
     assert got == [e.model_dump(mode="json") for e in log]
+
+
+def test_publish_before_topics_create_says_what_to_run(kafka_bootstrap: str, prefix: str,
+                                                       tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"type": "query", "time": 1, "query_id": "q1"}\n')
+    done = _cli("publish", str(events), "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{prefix}.events" in done.stderr and "stageroute topics create" in done.stderr

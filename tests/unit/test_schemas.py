@@ -31,6 +31,7 @@ from schemas import (
     decode_event,
     encode,
 )
+from schemas.base import MAX_SECONDS, MAX_USD
 from schemas.decisions import DECISION_TYPES, MAX_PAYLOAD_BYTES
 from schemas.events import EVENT_TYPES
 from streams.schema_files import check, render
@@ -367,12 +368,18 @@ def bits(x: float) -> bytes:
 @example(-0.0)
 @example(1e16)
 def test_float_roundtrip_is_bit_exact(x: float) -> None:
-    event = Feedback(time=x, query_id="q", model_id="m", reward=min(x, 1.0), cost=x)
+    # Times and costs are bounded (MAX_SECONDS, MAX_USD); larger values travel in metadata.
+    t, c = min(x, MAX_SECONDS), min(x, MAX_USD)
+    event = Feedback(time=t, query_id="q", model_id="m", reward=min(x, 1.0), cost=c)
     decoded = decode_event(encode(event))
     assert isinstance(decoded, Feedback)
-    assert bits(decoded.time) == bits(x)
-    assert bits(decoded.cost) == bits(x)
+    assert bits(decoded.time) == bits(t)
+    assert bits(decoded.cost) == bits(c)
     assert bits(decoded.reward) == bits(min(x, 1.0))
+    arrival = ModelArrived(model_id="m", alpha=1.0, time=0.0, metadata={"x": x})
+    decoded_arrival = decode_event(encode(arrival))
+    assert isinstance(decoded_arrival, ModelArrived)
+    assert bits(decoded_arrival.metadata["x"]) == bits(x)  # type: ignore[arg-type]
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False))
