@@ -178,12 +178,21 @@ class Checkpoint:
         if not tps:
             return
         async with self.lock:
-            committed = await self.retry("broker", lambda: self.committed(tps))
-            resend = await self.retry(
-                "database", lambda: self._call(self.processor.assign, tps, committed))
-            if resend:
-                log.info("re-sending %d committed outputs of %s", len(resend), tps)
-                await self.retry("broker", lambda: self.output.send_all(resend))
+            try:
+                committed = await self.retry("broker", lambda: self.committed(tps))
+                resend = await self.retry(
+                    "database", lambda: self._call(self.processor.assign, tps, committed))
+                if resend:
+                    log.info("re-sending %d committed outputs of %s", len(resend), tps)
+                    await self.retry("broker", lambda: self.output.send_all(resend))
+            except Exception:
+                # A claim still retrying when the worker is told to stop gives up quietly:
+                # records of a partition never claimed are neither applied nor committed
+                # (``Processor.prepare`` skips them), and the next owner's claim re-sends
+                # what this one did not. Raising would turn a clean stop into a crash.
+                if not self.stopping.is_set():
+                    raise
+                log.info("stopping: claim of %s abandoned", tps)
 
     async def on_revoked(self, partitions: Iterable[TP]) -> None:
         tps = list(partitions)
@@ -237,12 +246,14 @@ class Checkpoint:
         def before_sleep(state: RetryCallState) -> None:
             nonlocal first_failure
             exc = state.outcome.exception() if state.outcome else None
+            # asyncio.TimeoutError has no message: name the type, or the log line is empty.
+            reason = f"{type(exc).__name__}: {exc}".strip(": ")
             self.health.metrics.retries.labels(service).inc()
-            self.health.degrade(service, f"{type(exc).__name__}: {str(exc)[:200]}")
+            self.health.degrade(service, reason[:200])
             if first_failure is None:
                 first_failure = time.monotonic()
                 log.warning("%s unavailable (%s); pausing and retrying with backoff",
-                            service, str(exc).splitlines()[0][:200] if exc else "")
+                            service, reason.splitlines()[0][:200])
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(transient), reraise=True, before_sleep=before_sleep,
