@@ -51,7 +51,7 @@ def test_db_url_keeps_the_server_up_for_psql_and_sqlalchemy(db_dir: Path) -> Non
     assert psql, "psql not found (apt-get install postgresql-client)"
     out = subprocess.run([psql, url, "-tAc", "SELECT count(*) FROM runs"],
                          capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "2", out.stderr
+    assert out.stdout.strip() == "3", out.stderr
     info = json.loads(stageroute("db", "info", "--json", env_dir=db_dir).stdout)
     assert info["data_dir"] == str(db_dir) and info["running"] and info["stays_up"]
     assert info["size_bytes"] > 1_000_000

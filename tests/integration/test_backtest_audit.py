@@ -109,7 +109,8 @@ def test_stored_summary_has_what_the_cli_printed(migrated_db: str, tmp_path: Pat
     listing = cli("audit", "--db-url", db, "runs", "--backtest",
                   summary["invocation_id"][:8], "--json", cwd=cwd)
     runs = json.loads(listing.stdout)
-    assert len(runs) == 6 and {r["status"] for r in runs} == {"finished"}
+    # 2 seeds x (the oracle, the contextual oracle, stageroute, greedy)
+    assert len(runs) == 8 and {r["status"] for r in runs} == {"finished"}
     created = [r["created_at"] for r in runs]
     assert created == sorted(created, reverse=True)  # newest first
 
@@ -147,7 +148,8 @@ def test_a_contextual_backtest_verifies_and_reports_both_oracles(migrated_db: st
                                                                  tmp_path: Path) -> None:
     summary_file = tmp_path / "summary.json"
     result = cli("backtest", "--quiet", "--horizon", "2000", "--policies", "contextual",
-                 "--db-url", migrated_db, "--json", str(summary_file), cwd=tmp_path)
+                 "--seed", "0", "--db-url", migrated_db, "--json", str(summary_file),
+                 cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "contextual_oracle" in result.stdout and "% ctx oracle" in result.stdout
     summary = json.loads(summary_file.read_text())
