@@ -1,7 +1,8 @@
 """The existing policies' decisions, bit for bit: digests of every output on fixed runs.
 
 The digests were computed before the contextual policy was added (the commit that added the
-budget ledger).  Adding a policy must not move a single bit of the others' decisions; if a
+budget ledger); main's later engine changes (atomic apply, the DeployOPT tolerance fix) left
+them as they were, which was checked on main itself when it was merged.  Adding a policy must not move a single bit of the others' decisions; if a
 change to a policy is intended, it says so and updates its digest here.
 """
 
