@@ -2,8 +2,9 @@
 
 The digests were computed before the contextual policy was added (the commit that added the
 budget ledger); main's later engine changes (atomic apply, the DeployOPT tolerance fix) left
-them as they were, which was checked on main itself when it was merged.  Adding a policy must not move a single bit of the others' decisions; if a
-change to a policy is intended, it says so and updates its digest here.
+them as they were, which was checked on main itself when it was merged.  Adding a policy must
+not move a single bit of the others' decisions; if a change to a policy is intended, it says
+so and updates its digest here.
 """
 
 from __future__ import annotations

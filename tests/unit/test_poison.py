@@ -3,6 +3,7 @@ database carry, ``apply`` is atomic, and statistics stay finite under extreme va
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -22,7 +23,8 @@ from schemas import (
     encode,
 )
 from schemas.base import MAX_INDEX, MAX_SECONDS, MAX_USD, MIN_SHARE
-from stageroute.engine import apply, restore, snapshot
+from stageroute.engine import apply, atomic, restore, snapshot
+from stageroute.engine.state import EngineState
 from tests.factories import (
     arrived,
     new_state,
@@ -121,6 +123,31 @@ def test_a_contextual_handler_that_raises_leaves_the_contexts_as_they_were(
     monkeypatch.undo()
     assert state_view(restore(snapshot(state))) == state_view(state)
     assert routings(step(state, query("q10", 2.0, task="x")))
+
+
+def test_a_contextual_feedback_that_raises_leaves_its_cell_as_it_was(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The ledger's settlement comes after the (context, model) cell took the feedback.
+    state, _ = run_log([arrived("a"), stage(0), query("q0", task="x")], policy="contextual")
+    step(state, Feedback(query_id="q0", model_id="a", reward=0.5, cost=0.1, time=0.0))
+    step(state, query("q1", task="x"))
+    before = state_view(state)
+    monkeypatch.setattr("stageroute.engine.budget.Ledger.settle", _solver_fails)
+    letter = only(step(state, Feedback(query_id="q1", model_id="a", reward=1.0, cost=0.3,
+                                       time=0.0)), DeadLetter)
+    assert letter.reason == "internal_error"
+    after = state_view(state)
+    for view in (before, after):
+        view.pop("seq"), view["counters"].pop("dead_letters")
+    assert after == before, "the cell's statistics and scores are as they were"
+
+
+def test_capture_covers_every_field_of_the_engine_state() -> None:
+    """``capture`` names the fields one by one (for speed): a new field must be added to it
+    (or declared per-query, or the contextual book) before this passes."""
+    names = {f.name for f in dataclasses.fields(EngineState)}
+    covered = atomic.COVERED | atomic.PER_QUERY | atomic.CONTEXT_BOOK
+    assert names == covered, names ^ covered
 
 
 # --- extreme but valid events ---------------------------------------------------------------------
