@@ -35,6 +35,12 @@ RouteOPT gets the ledger's plan: caps (0 for models the ledger cannot afford thi
 budget; both are recorded on the decision (``alpha``, ``budget``).  A cacheable policy's scores
 are reused until the statistics change, and its RouteOPT answer while the plan is unchanged
 (``cached=True`` on the decision).
+
+A contextual policy (``contextual``, ``contextual_greedy``, ``contextual_oracle``) routes each
+query with its context's scores, caps and planned spend from a plan over contexts, deploys by
+ContextDeployOPT, and updates the (context, model) statistics on feedback besides the pooled
+ones (``stageroute.engine.context``: the program and its guarantees); its decisions are not
+cached.
 """
 
 from __future__ import annotations
