@@ -65,3 +65,43 @@ def _solve(
     if status != pywraplp.Solver.OPTIMAL:
         raise RuntimeError(f"GLOP returned status {status} on a feasible RouteOPT program")
     return solver.Objective().Value(), [v.solution_value() for v in p]
+
+
+def context_lp_reference(mu: ArrayLike, cost: ArrayLike, freq: ArrayLike, alpha: ArrayLike,
+                         budget: float) -> tuple[float, str]:
+    """ContextLP (``solvers.context_lp``) by GLOP: ``(objective, status)``, the same
+    fallbacks (caps scaled when they sum below 1; the least reachable spend when no plan meets
+    the budget, whose objective is then that of the cheapest plan found by GLOP)."""
+    mu_a, cost_a = np.array(mu, dtype=float, ndmin=2), np.array(cost, dtype=float, ndmin=2)
+    f, caps = np.array(freq, dtype=float), np.array(alpha, dtype=float)
+    total = math.fsum(caps.tolist())
+    caps_ok = total >= 1.0 - 1e-12
+    if not caps_ok:
+        caps = caps / total
+    spend = f[:, None] * cost_a
+    least, _ = _solve_context(-spend, caps, f, None)
+    if -least > budget * (1.0 + 1e-9):
+        return _solve_context(f[:, None] * mu_a, caps, f, (spend, -least * (1 + 1e-12)))[0], (
+            BUDGET_INFEASIBLE if caps_ok else CAPS_BUDGET_INFEASIBLE)
+    value, _ = _solve_context(f[:, None] * mu_a, caps, f, (spend, budget))
+    return value, OPTIMAL if caps_ok else CAPS_INFEASIBLE
+
+
+def _solve_context(objective: np.ndarray, caps: np.ndarray, f: np.ndarray,
+                   budget: tuple[np.ndarray, float] | None) -> tuple[float, np.ndarray]:
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    n_ctx, n_mod = objective.shape
+    p = [[solver.NumVar(0.0, 1.0, "") for _ in range(n_mod)] for _ in range(n_ctx)]
+    for row in p:
+        solver.Add(solver.Sum(row) == 1.0)
+    for m in range(n_mod):
+        solver.Add(solver.Sum([float(f[x]) * p[x][m] for x in range(n_ctx)]) <= float(caps[m]))
+    if budget is not None:
+        spend, limit = budget
+        solver.Add(solver.Sum([float(spend[x, m]) * p[x][m] for x in range(n_ctx)
+                               for m in range(n_mod)]) <= limit)
+    solver.Maximize(solver.Sum([float(objective[x, m]) * p[x][m] for x in range(n_ctx)
+                                for m in range(n_mod)]))
+    if solver.Solve() != pywraplp.Solver.OPTIMAL:
+        raise RuntimeError("GLOP failed on a feasible ContextLP program")
+    return solver.Objective().Value(), np.array([[v.solution_value() for v in row] for row in p])

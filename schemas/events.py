@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from schemas.base import (
     DEFAULT_DOMAIN,
+    IDENTIFIER_PATTERN,
     ContractModel,
     Domain,
     Finite,
@@ -128,13 +129,44 @@ class ModelExpired(EventBase):
     """Identifier of a live model."""
 
 
+MAX_TAGS: Final = 16
+"""Most tags a query may carry."""
+
+MAX_VECTOR: Final = 64
+"""Most elements of a query's feature vector."""
+
+MAX_VECTOR_ABS: Final = 1e6
+"""Largest magnitude of a feature-vector element."""
+
+Tag = Annotated[str, Strict(), Field(min_length=1, max_length=64, pattern=IDENTIFIER_PATTERN)]
+"""A categorical tag: 1-64 characters, no leading/trailing whitespace, no NUL."""
+
+VectorElement = Annotated[
+    float, Strict(), Field(ge=-MAX_VECTOR_ABS, le=MAX_VECTOR_ABS, allow_inf_nan=False)
+]
+"""A feature-vector element: finite, within [-1e6, 1e6]."""
+
+
 class QueryFeatures(ContractModel):
-    """Optional description of a query; carried for audit and future contextual policies."""
+    """Optional description of a query: what a gateway knows cheaply before routing it.
+
+    The contextual policies route on a *context* derived from these fields (which ones is the
+    policy's ``context`` parameter, stored with the run's config); the others ignore them.
+    ``tags`` and ``vector`` are optional additions to schema version 1: every event without
+    them is unchanged and valid, and a consumer that predates them rejects a query carrying
+    them (``schema_mismatch``), so upgrade consumers before producers send them.
+    """
 
     task: Text | None = None
     """Task or benchmark name, e.g. "mbpp"."""
     prompt_tokens: Index | None = None
     """Prompt length in tokens (>= 0)."""
+    tags: list[Tag] | None = Field(default=None, max_length=MAX_TAGS)
+    """Categorical tags, e.g. ["code", "python"] (at most 16; order and repeats ignored)."""
+    vector: list[VectorElement] | None = Field(default=None, min_length=1,
+                                               max_length=MAX_VECTOR)
+    """A short numeric feature vector, e.g. a small classifier's class scores (1-64 finite
+    numbers within [-1e6, 1e6])."""
 
 
 class Query(EventBase):

@@ -1,6 +1,8 @@
 """Pure StageRoute solvers: confidence bounds, RouteOPT, DeployOPT (numpy + OR-Tools, no I/O)."""
 
 from solvers.bounds import confidence_radius, cost_lcb, model_bounds, reward_ucb
+from solvers.context_deploy import ContextDeploySolution, context_deploy_opt
+from solvers.context_lp import ContextPlanSolution, context_lp
 from solvers.deploy_opt import DeploySolution, deploy_opt
 from solvers.route_opt import (
     BUDGET_INFEASIBLE,
@@ -16,9 +18,13 @@ __all__ = [
     "CAPS_BUDGET_INFEASIBLE",
     "CAPS_INFEASIBLE",
     "OPTIMAL",
+    "ContextDeploySolution",
+    "ContextPlanSolution",
     "DeploySolution",
     "RouteSolution",
     "confidence_radius",
+    "context_deploy_opt",
+    "context_lp",
     "cost_lcb",
     "deploy_opt",
     "model_bounds",

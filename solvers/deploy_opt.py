@@ -94,7 +94,7 @@ def deploy_opt(
     d[list(support)] = d_support
     if not caps_ok:
         status = CAPS_BUDGET_INFEASIBLE if status == BUDGET_INFEASIBLE else CAPS_INFEASIBLE
-    selected = _fill_slots(support, mu, cost, b, k)
+    selected = fill_slots(support, mu, cost, b, k)
     return DeploySolution(
         selected=selected,
         d=d,
@@ -124,7 +124,7 @@ def _solve_support(
             if polished[2] not in (OPTIMAL, BUDGET_INFEASIBLE):
                 # SCIP's support met the caps only within its tolerance (a cap of 1 - 1e-7
                 # carrying all traffic, say): solve exactly over the whole k-model selection.
-                polished = _polish(list(_fill_slots(polished[0], mu, cost, b, k)), mu, cost,
+                polished = _polish(list(fill_slots(polished[0], mu, cost, b, k)), mu, cost,
                                    caps, b)
             if polished[2] in (OPTIMAL, BUDGET_INFEASIBLE):
                 return polished
@@ -189,19 +189,26 @@ def _mip_support(
     solver.Add(solver.Sum([c * v for c, v in zip(cost, d)]) <= b)
     solver.Add(solver.Sum(z) <= k)
     solver.Maximize(solver.Sum([u * v for u, v in zip(mu, d)]))
+    if not solve_mip(solver, "DeployOPT"):
+        return None
+    return [i for i, (d_i, z_i) in enumerate(zip(d, z))
+            if z_i.solution_value() > 0.5 and d_i.solution_value() > _SUPPORT_TOL]
+
+
+def solve_mip(solver: pywraplp.Solver, program: str) -> bool:
+    """Solve to proven optimality; False if infeasible, ``RuntimeError`` on any other status."""
     # pywraplp's default relative gap (1e-4) stops at near-optimal supports; ask for optimal.
     params = pywraplp.MPSolverParameters()
     params.SetDoubleParam(params.RELATIVE_MIP_GAP, 0.0)
     status = solver.Solve(params)
     if status == pywraplp.Solver.INFEASIBLE:
-        return None
+        return False
     if status != pywraplp.Solver.OPTIMAL:
-        raise RuntimeError(f"SCIP returned status {status} on DeployOPT")
-    return [i for i, (d_i, z_i) in enumerate(zip(d, z))
-            if z_i.solution_value() > 0.5 and d_i.solution_value() > _SUPPORT_TOL]
+        raise RuntimeError(f"SCIP returned status {status} on {program}")
+    return True
 
 
-def _fill_slots(support: list[int], mu: list[float], cost: list[float], b: float,
+def fill_slots(support: list[int], mu: list[float], cost: list[float], b: float,
                 k: int) -> tuple[int, ...]:
     """The support plus, up to exactly k, affordable models most optimistic first, then the
     others cheapest first; sorted."""

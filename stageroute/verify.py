@@ -4,8 +4,16 @@ Two independent checks over a run's stored rows:
 
 1. *Re-derivation*, row by row, from the inputs each decision recorded:
    routing ``p == RouteOPT(mu_u, c_l, alpha, budget)`` bit for bit with the same status,
-   ``draw == uniform(seed, query_id)`` and ``model_id == deployed[sample_index(p, draw)]``;
+   ``draw == uniform(seed, query_id)`` and ``model_id == deployed[sample_index(p, draw)]``
+   (for every policy: a contextual decision records its context's scores, caps and budget);
    deployment ``selected == DeployOPT(mu_u, c_l, alpha, budget, m_max)`` with the same status.
+   A contextual deployment (ContextDeployOPT, ``solvers.context_deploy``) is a program over
+   (context, model) whose row records per-candidate averages over the context mix (``mu_u``,
+   ``c_l``) and the plan's traffic shares ``d``; from those the row is checked as far as they
+   determine it: exactly min(m_max, candidates) models selected, ``d`` a distribution within
+   the shares and zero outside the selection, and an objective at least DeployOPT's on the
+   averages (planning every context alike is one of the plans the contextual program
+   considers, so it can never be worth more).  The replay re-derives the program itself.
 2. *Replay*: the journal's events, in sequence order, through a fresh engine with the run's
    config must reproduce exactly the stored decisions (every field), no more and no fewer.
    This re-derives the engine's whole state along the way, the budget ledger included.  A run
@@ -18,16 +26,21 @@ forgotten may be used again, and each use then has a decision of its own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from schemas import DeploymentDecision, RoutingDecision, decode_event
-from solvers import deploy_opt
+from solvers import OPTIMAL, deploy_opt
 from solvers.route_opt import solve_lists
 from stageroute.engine import EngineConfig, apply, initial_state
 from stageroute.engine.config import ENGINE_VERSION
-from stageroute.policies import sample_index, uniform
+from stageroute.policies import POLICIES, Policy, sample_index, uniform
+from stageroute.policies.contextual import ContextualMixin
+
+#: Tolerance of the checks on a contextual deployment's floats (sums of plan weights).
+_TOL = 1e-9
 
 #: Decision fields that are not part of the decision itself.
 _ENVELOPE = {"schema_version", "type", "domain"}
@@ -69,12 +82,34 @@ def rederive_routing(row: dict[str, Any], seed: int) -> list[str]:
 
 def rederive_deployment(row: dict[str, Any]) -> list[str]:
     where = f"deployment decision at seq {row['seq']} (stage {row['stage']})"
+    if issubclass(POLICIES.get(row["policy"], Policy), ContextualMixin):
+        return [f"{where}: {problem}" for problem in _contextual_deployment_problems(row)]
     solution = deploy_opt(row["mu_u"], row["c_l"], row["alpha"], row["budget"], row["m_max"])
     selected = [row["candidates"][i] for i in solution.selected]
     if selected != list(row["selected"]) or solution.status != row["status"]:
         return [f"{where}: DeployOPT on the recorded inputs selects {selected} "
                 f"({solution.status}), stored {row['selected']} ({row['status']})"]
     return []
+
+
+def _contextual_deployment_problems(row: dict[str, Any]) -> list[str]:
+    """What a contextual deployment row's own fields can show wrong (module docstring)."""
+    problems = []
+    candidates, selected, d = row["candidates"], row["selected"], row["d"]
+    if len(selected) != min(row["m_max"], len(candidates)):
+        problems.append(f"selects {len(selected)} models, not min(m_max, candidates)")
+    if any(share != 0.0 for m, share in zip(candidates, d) if m not in selected):
+        problems.append("d is not 0 outside the selected models")
+    caps_scaled = str(row["status"]).startswith("caps_")
+    if abs(math.fsum(d) - 1.0) > _TOL or any(share < -_TOL for share in d) or (
+            not caps_scaled and any(s > a + _TOL for s, a in zip(d, row["alpha"]))):
+        problems.append(f"d = {d} is not a distribution within the shares")
+    if row["status"] == OPTIMAL:
+        flat = deploy_opt(row["mu_u"], row["c_l"], row["alpha"], row["budget"], row["m_max"])
+        if flat.status == OPTIMAL and row["objective"] < flat.objective - _TOL:
+            problems.append(f"objective {row['objective']} is below DeployOPT's "
+                            f"{flat.objective} on the recorded averages")
+    return problems
 
 
 def replay(config: EngineConfig, journal: Iterable[tuple[int, dict[str, Any]]],

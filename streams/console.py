@@ -15,7 +15,9 @@ COLUMNS = [("avg_reward", "reward", "{:.4f}"), ("avg_cost", "cost $", "{:.6f}"),
            ("regret", "regret", "{:,.0f}"), ("deploys_per_stage", "deploys/stage", "{:.2f}")]
 #: Spread shown (as ± standard deviation over seeds) for these columns.
 SPREAD = {"avg_reward": "{:.4f}", "budget_use": "{:.1%}", "pct_of_oracle": "{:.1f}",
-          "regret": "{:,.0f}"}
+          "pct_of_contextual_oracle": "{:.1f}", "regret": "{:,.0f}"}
+#: Shown after "% oracle" when the contextual oracle ran (the data has tasks).
+CONTEXTUAL_COLUMN = ("pct_of_contextual_oracle", "% ctx oracle", "{:.1f}")
 OVER_BUDGET_MARK = "*"
 WIDTH = 92  # the table's own width, about
 
@@ -55,13 +57,27 @@ def _cell(row: dict[str, Any], key: str, fmt: str, spread: bool) -> str:
     return cell
 
 
+def _rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The oracles first (the contextual one when it ran), then the policies."""
+    contextual = summary.get("contextual_oracle")
+    return [summary["oracle"], *([contextual] if contextual else []), *summary["policies"]]
+
+
+def _columns(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    if not summary.get("contextual_oracle"):
+        return COLUMNS
+    at = [k for k, _, _ in COLUMNS].index("pct_of_oracle") + 1
+    return [*COLUMNS[:at], CONTEXTUAL_COLUMN, *COLUMNS[at:]]
+
+
 def table_lines(summary: dict[str, Any]) -> list[str]:
-    """The header line, the column titles and one line per policy (oracle first)."""
-    rows = [summary["oracle"], *summary["policies"]]
+    """The header line, the column titles and one line per policy (oracles first)."""
+    rows = _rows(summary)
+    columns = _columns(summary)
     seeds = summary["seeds"]
     spread = len(seeds) > 1
-    cells = [[r["policy"], *(_cell(r, k, f, spread) for k, _, f in COLUMNS)] for r in rows]
-    titles = ["policy", *(t for _, t, _ in COLUMNS)]
+    cells = [[r["policy"], *(_cell(r, k, f, spread) for k, _, f in columns)] for r in rows]
+    titles = ["policy", *(t for _, t, _ in columns)]
     widths = [max(len(t), *(len(c[i]) for c in cells)) for i, t in enumerate(titles)]
 
     def line(values: list[str]) -> str:
@@ -83,6 +99,9 @@ def legend_lines(summary: dict[str, Any]) -> list[str]:
         "reward, cost $: realised means per answered query; budget use: cost / budget.",
         "% oracle: reward / the oracle's reward on the same seed (the oracle knows every "
         "model's true mean, same limits).",
+        *(["% ctx oracle: reward / the contextual oracle's reward on the same seed (it knows "
+           "every model's true mean per task, same limits, and routes each query by its "
+           "task)."] if summary.get("contextual_oracle") else []),
         f"regret: expected reward lost to the oracle, summed over the {horizon:,} queries "
         "(reward units, from the true means; lower is better).",
         "deploys/stage: deployment decisions per stage (1.00: one at each stage start).",
@@ -94,8 +113,7 @@ def legend_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"{OVER_BUDGET_MARK} over budget: realised cost above budget + 2% (on at "
                      "least one seed); its % oracle is not a like-for-like comparison.")
     infeasible = [f"{r['policy']} {r['budget_infeasible']:,.0f}"
-                  for r in [summary["oracle"], *summary["policies"]]
-                  if r.get("budget_infeasible")]
+                  for r in _rows(summary) if r.get("budget_infeasible")]
     if infeasible:
         lines.append("decisions with the budget below every deployed mix (routed to the "
                      f"cheapest), per run: {', '.join(infeasible)}.")
@@ -107,7 +125,7 @@ def legend_lines(summary: dict[str, Any]) -> list[str]:
 
 def print_table(summary: dict[str, Any], out: Any = None) -> None:
     out = out or sys.stdout
-    rows = [summary["oracle"], *summary["policies"]]
+    rows = _rows(summary)
     header, *table = table_lines(summary)
     print(textwrap.fill(header, WIDTH, subsequent_indent="  "), file=out)
     for line in table:

@@ -21,6 +21,7 @@ from schemas import (
     ModelArrived,
     ModelExpired,
     Query,
+    QueryFeatures,
     RoutingDecision,
     StageBoundary,
     decode_decision,
@@ -30,7 +31,9 @@ from solvers import deploy_opt, route_opt
 from solvers.route_opt import solve_lists
 from stageroute.backtest.driver import Workload, drive
 from stageroute.engine import EngineConfig, EngineState, Output, apply, initial_state
-from stageroute.policies import sample_index, uniform
+from stageroute.policies import POLICIES, sample_index, uniform
+from stageroute.policies.contextual import ContextualMixin
+from stageroute.verify import rederive_deployment
 
 BASE_CONFIG: dict[str, Any] = {"budget": 0.5, "cost_ceiling": 1.0, "m_max": 2, "seed": 7}
 """The config every test starts from; tests override only what they are about."""
@@ -41,10 +44,25 @@ SCRIPTED_MEANS: dict[str, tuple[float, float]] = {
     "m4": (0.90, 0.40),
 }
 
+#: Tasks of the scripted log's queries, in turn (None: a query without features).
+SCRIPTED_TASKS: tuple[str | None, ...] = ("easy", "hard", None)
+#: True (reward, cost) means per scripted task and model: "easy" is easier and cheaper.
+SCRIPTED_CONTEXT_MEANS: dict[str, dict[str, tuple[float, float]]] = {
+    "easy": {m: (min(1.0, r + 0.15), c * 0.8) for m, (r, c) in SCRIPTED_MEANS.items()},
+    "hard": {m: (max(0.0, r - 0.15), c * 1.2) for m, (r, c) in SCRIPTED_MEANS.items()},
+}
+ORACLES: dict[str, dict[str, Any]] = {
+    "oracle": {"means": {m: list(rc) for m, rc in SCRIPTED_MEANS.items()}},
+    "contextual_oracle": {
+        "means": {m: list(rc) for m, rc in SCRIPTED_MEANS.items()},
+        "context_means": {x: {m: list(rc) for m, rc in row.items()}
+                          for x, row in SCRIPTED_CONTEXT_MEANS.items()}},
+}
+
 
 def make_config(**overrides: Any) -> EngineConfig:
-    if overrides.get("policy") == "oracle" and "policy_params" not in overrides:
-        overrides["policy_params"] = {"means": {m: list(rc) for m, rc in SCRIPTED_MEANS.items()}}
+    if overrides.get("policy") in ORACLES and "policy_params" not in overrides:
+        overrides["policy_params"] = ORACLES[overrides["policy"]]
     return EngineConfig(**{**BASE_CONFIG, **overrides})
 
 
@@ -67,8 +85,9 @@ def expired(model_id: str, time: float = 0.0) -> ModelExpired:
     return ModelExpired(model_id=model_id, time=time)
 
 
-def query(query_id: str, time: float = 0.0) -> Query:
-    return Query(query_id=query_id, time=time)
+def query(query_id: str, time: float = 0.0, task: str | None = None) -> Query:
+    return Query(query_id=query_id, time=time,
+                 features=None if task is None else QueryFeatures(task=task))
 
 
 def queries(*query_ids: str, time: float = 0.0) -> list[Query]:
@@ -155,6 +174,8 @@ def state_view(state: EngineState) -> dict[str, Any]:
             cache.scores.reward, cache.scores.cost, cache.scores.cacheable, cache.alpha,
             cache.budget, cache.p, cache.status),
         "counters": dict(state.counters),
+        "context": None if state.context is None else state.context.to_json(),
+        "query_contexts": [r.context for r in state.queries.values()],
     }
 
 
@@ -219,8 +240,9 @@ class LogBuilder:
 
     def query(self) -> RoutingDecision | None:
         query_id = f"q{self.n_queries}"
+        task = (None, "a", "b", "c")[self.n_queries % 4]  # contexts for contextual policies
         self.n_queries += 1
-        decided = routings(self.add(query(query_id, self.time)))
+        decided = routings(self.add(query(query_id, self.time, task)))
         return decided[0] if decided else None
 
     def answer(self, index: int, reward: float, cost: float) -> None:
@@ -271,7 +293,9 @@ def scripted_log(config: EngineConfig, n_queries: int = 120, rng_seed: int = 0) 
         delays[t] = rng.randint(0, 10)
         return float(rng.random() < mean_reward), mean_cost * rng.uniform(0.5, 1.5)
 
-    workload = Workload(n_queries, exogenous, lambda t: query(f"q{t}", float(t)), outcome,
+    # Tasks leave every non-contextual decision as it was; the contextual policies see them.
+    workload = Workload(n_queries, exogenous,
+                        lambda t: query(f"q{t}", float(t), SCRIPTED_TASKS[t % 3]), outcome,
                         delay=delays.__getitem__)
     events: list[Event] = []
     for _ in drive(initial_state(config), workload, lambda seq, e, out: events.append(e)):
@@ -302,7 +326,11 @@ def check_routing(decision: RoutingDecision, seed: int) -> None:
 
 
 def check_deployment(decision: DeploymentDecision) -> None:
-    """A deployment decision's selection is DeployOPT's on its recorded inputs."""
+    """A deployment decision's selection is DeployOPT's on its recorded inputs (for a
+    contextual policy: what ``audit verify`` checks of its row)."""
+    if issubclass(POLICIES[decision.policy], ContextualMixin):
+        assert rederive_deployment(decision.model_dump()) == []
+        return
     solution = deploy_opt(decision.mu_u, decision.c_l, decision.alpha, decision.budget,
                           decision.m_max)
     assert decision.selected == [decision.candidates[i] for i in solution.selected]

@@ -8,8 +8,15 @@ in expectation against it:
 
     regret_T = sum_t ( sum_m p*_t(m) mu_m  -  sum_m p_t(m) mu_m )
 
-with ``mu_m`` the table's mean score of model m, ``p*`` the oracle's and ``p`` the policy's
-routing distribution.  Realised averages (reward, cost) count queries with an outcome.
+with ``mu_m`` the table's mean score of model m over the rows of query t's task (over all rows
+when the table has no tasks), ``p*`` the oracle's and ``p`` the policy's routing distribution:
+the expected reward of a decision given what the query is, so that a policy that routes by
+context is credited for it.  Realised averages (reward, cost) count queries with an outcome.
+
+When the table has tasks the *contextual oracle* also runs (``run_contextual_oracle``): true
+means per (task, model), the same limits, schedule, ledger and plan over contexts as the
+contextual policies; every summary reports the policy's reward as a percentage of both
+oracles.
 """
 
 from __future__ import annotations
@@ -65,10 +72,12 @@ class RunResult:
     #: per-query index into the table's models of the model routed to (-1: none)
     chosen: np.ndarray = field(repr=False)
 
-    def summary(self, oracle: RunResult | None) -> dict[str, Any]:
+    def summary(self, oracle: RunResult | None,
+                contextual_oracle: RunResult | None = None) -> dict[str, Any]:
         """Figures as JSON values; ``None`` where undefined (no oracle, no outcome)."""
         regret = float(np.sum(oracle.expected - self.expected)) if oracle else math.nan
         oracle_avg = oracle.avg_reward if oracle else math.nan
+        context_avg = contextual_oracle.avg_reward if contextual_oracle else math.nan
         figures = {
             "policy": self.policy,
             "seed": self.seed,
@@ -83,6 +92,9 @@ class RunResult:
             "expected_reward": self.expected_reward,
             "oracle_avg_reward": oracle_avg,
             "pct_of_oracle": 100.0 * self.avg_reward / oracle_avg if oracle else math.nan,
+            "contextual_oracle_avg_reward": context_avg,
+            "pct_of_contextual_oracle": 100.0 * self.avg_reward / context_avg
+            if contextual_oracle and context_avg else math.nan,
             "regret": regret,
             "seconds": self.seconds,
             "queries_per_second": self.queries / self.seconds if self.seconds else math.nan,
@@ -102,7 +114,10 @@ def run(table: RewardTable, stream: Stream, config: EngineConfig,
     recorder's run is finished with the summary against ``oracle`` (if given)."""
     state = initial_state(config)
     horizon = stream.scenario.horizon
-    true_mean = dict(zip(table.models, table.mean_reward().tolist()))
+    pooled = dict(zip(table.models, table.mean_reward().tolist()))
+    by_task = {task: dict(zip(table.models, reward.tolist()))
+               for task, (reward, _) in table.task_means().items()}
+    tasks, rows = table.tasks, stream.rows
     column = {m: j for j, m in enumerate(table.models)}
     expected = np.empty(horizon)
     realised_cost = np.full(horizon, np.nan)
@@ -126,6 +141,7 @@ def run(table: RewardTable, stream: Stream, config: EngineConfig,
         if decision is None:
             expected[t] = 0.0
         else:
+            true_mean = by_task.get(tasks[int(rows[t])], pooled)
             expected[t] = math.fsum(p * true_mean[m] for p, m in zip(decision.p,
                                                                      decision.deployed))
             chosen[t] = column[decision.model_id]
@@ -162,12 +178,35 @@ def oracle_means(table: RewardTable) -> dict[str, list[float]]:
             zip(table.models, table.mean_reward().tolist(), table.mean_cost().tolist())}
 
 
+def contextual_oracle_params(table: RewardTable) -> dict[str, Any]:
+    """The contextual oracle's parameters: true means per model, and per (task, model)."""
+    return {"means": oracle_means(table), "context_means": {
+        task: {m: [float(r), float(c)] for m, r, c in zip(table.models, reward.tolist(),
+                                                          cost.tolist())}
+        for task, (reward, cost) in table.task_means().items()}}
+
+
 def policy_config(table: RewardTable, base: EngineConfig, policy: str) -> EngineConfig:
-    """``base`` for ``policy``; the oracle gets the table's true means."""
+    """``base`` for ``policy``; the oracles get the table's true means (the contextual one
+    per task too)."""
     if policy == "oracle":
         return base.model_copy(update={"policy": "oracle",
                                        "policy_params": {"means": oracle_means(table)}})
+    if policy == "contextual_oracle":
+        return base.model_copy(update={"policy": policy,
+                                       "policy_params": contextual_oracle_params(table)})
     return base.model_copy(update={"policy": policy})
+
+
+def run_contextual_oracle(table: RewardTable, stream: Stream, base: EngineConfig,
+                          recorder: Recorder | None = None,
+                          progress: Callable[[int], None] | None = None,
+                          clock: Clock | None = None) -> RunResult | None:
+    """The contextual oracle on the stream; None when the table has no tasks."""
+    if not table.task_means():
+        return None
+    return run(table, stream, policy_config(table, base, "contextual_oracle"), recorder,
+               progress, clock)
 
 
 def run_all(table: RewardTable, stream: Stream, base: EngineConfig, policies: Sequence[str],

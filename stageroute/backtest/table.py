@@ -60,6 +60,16 @@ class RewardTable:
         """Mean cost per model (aligned with ``models``) over its non-missing rows."""
         return _nanmean_columns(self.costs)
 
+    def task_means(self) -> dict[str, tuple[FloatArray, FloatArray]]:
+        """Per task (``eval_name``; rows without one are left out): the mean score and the
+        mean cost of each model over that task's non-missing rows."""
+        tasks = np.array(self.tasks, dtype=object)
+        out = {}
+        for task in sorted(set(self.tasks) - {""}):
+            rows = tasks == task
+            out[task] = (_nanmean_columns(self.scores[rows]), _nanmean_columns(self.costs[rows]))
+        return out
+
     def __repr__(self) -> str:
         return f"RewardTable(source={self.source!r}, n_rows={self.n_rows}, models={self.models})"
 

@@ -90,6 +90,25 @@ def plan(ledger: Ledger, budget: float, cost: list[float], risk: list[float],
     cheapest = cheapest_mix_cost(cost, alpha, by_cost)
     if budget < cheapest:
         return Plan(alpha, budget, True)
+    return limits(ledger, budget, budget, cost, risk, alpha, overdraft, reserve, window,
+                  by_cost, cheapest)
+
+
+def limits(ledger: Ledger, budget: float, target: float, cost: list[float], risk: list[float],
+           alpha: list[float], overdraft: float, reserve: float, window: int,
+           by_cost: list[int] | None = None, cheapest: float | None = None) -> Plan:
+    """Rules 1 and 2 for a query whose planned spend is ``target`` (``budget``, the nominal
+    per-query budget, for a policy that plans no other): rule 1's headroom is always the
+    nominal budget line's, and rule 2 paces ``target`` by the same correction ``(b n - C_n) / W``
+    for every query.  A contextual plan gives each context its own ``target`` ``b_x`` with
+    ``sum_x f_x b_x = b`` (``stageroute.engine.context``), so the expected committed spend per
+    query is ``(1 - rho) b + (b n - C_n) / W`` as above and rule 2's slack settles as stated.
+    ``by_cost`` (the models by increasing cost) and ``cheapest`` (the cheapest mix within
+    ``alpha``) are computed when not given."""
+    if by_cost is None:
+        by_cost = sorted(range(len(cost)), key=cost.__getitem__)
+    if cheapest is None:
+        cheapest = cheapest_mix_cost(cost, alpha, by_cost)
     n, committed = ledger.routed, ledger.committed
     headroom = (1.0 + overdraft) * budget * (n + 1) - committed
     if max(risk) > headroom:
@@ -100,5 +119,5 @@ def plan(ledger: Ledger, budget: float, cost: list[float], risk: list[float],
         cheapest = cheapest_mix_cost(cost, caps, by_cost)
     else:
         caps = alpha
-    paced = (1.0 - reserve) * budget + (budget * n - committed) / window
+    paced = (1.0 - reserve) * target + (budget * n - committed) / window
     return Plan(caps, max(min(paced, headroom), cheapest), False)

@@ -35,6 +35,12 @@ RouteOPT gets the ledger's plan: caps (0 for models the ledger cannot afford thi
 budget; both are recorded on the decision (``alpha``, ``budget``).  A cacheable policy's scores
 are reused until the statistics change, and its RouteOPT answer while the plan is unchanged
 (``cached=True`` on the decision).
+
+A contextual policy (``contextual``, ``contextual_greedy``, ``contextual_oracle``) routes each
+query with its context's scores, caps and planned spend from a plan over contexts, deploys by
+ContextDeployOPT, and updates the (context, model) statistics on feedback besides the pooled
+ones (``stageroute.engine.context``: the program and its guarantees); its decisions are not
+cached.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ from schemas import (
 )
 from solvers import BUDGET_INFEASIBLE, CAPS_BUDGET_INFEASIBLE, deploy_opt
 from solvers.route_opt import solve_lists
-from stageroute.engine import atomic
+from stageroute.engine import atomic, context
 from stageroute.engine.budget import plan
 from stageroute.engine.state import ANSWERED_REMEMBERED, EngineState, QueryRecord, RouteCache
 from stageroute.policies import ModelStats, Scores, sample_index, uniform
@@ -131,23 +137,33 @@ def _on_query(state: EngineState, event: Query, seq: int, outputs: list[Output])
     query_id = event.query_id
     if query_id in state.queries or query_id in state.answered:
         raise Rejected(DeadLetterReason.DUPLICATE_QUERY, f"query_id: {query_id!r} already seen")
+    if not state.deployed and not any(m.live for m in state.models.values()):
+        raise Rejected(DeadLetterReason.NO_MODELS, f"query {query_id!r}: no live model to route to")
+    # Counted only once the query can no longer be rejected: a dead letter changes nothing.
+    book = state.context
+    context_index = context.NO_CONTEXT if book is None else book.note(event.features)
     if not state.deployed:
-        if not any(m.live for m in state.models.values()):
-            raise Rejected(DeadLetterReason.NO_MODELS,
-                           f"query {query_id!r}: no live model to route to")
         reason: DeployReason = "initial" if state.stage < 0 else "deployed_set_empty"
         outputs.append(_deploy(state, seq, event.time, reason))
 
     deployed, config = state.deployed, state.config
-    cache = state.route_cache
-    scores = cache.scores if cache is not None else state.policy.route_scores(deployed, query_id)
-    caps, budget = _route_limits(state, scores)
-    cached = cache is not None and cache.alpha == caps and cache.budget == budget
-    if cache is None or not cached:
+    if book is not None:
+        scores, caps, budget = context.route_inputs(state, book, context_index, query_id)
         p, status = solve_lists(scores.reward, scores.cost, caps, budget)
-        cache = RouteCache(scores, caps, budget, p, status)
-        if scores.cacheable:
-            state.route_cache = cache
+        cache, cached = RouteCache(scores, caps, budget, p, status), False
+    else:
+        kept = state.route_cache
+        scores = kept.scores if kept is not None else state.policy.route_scores(deployed,
+                                                                                query_id)
+        caps, budget = _route_limits(state, scores)
+        cached = kept is not None and kept.alpha == caps and kept.budget == budget
+        if kept is not None and cached:
+            cache = kept
+        else:
+            p, status = solve_lists(scores.reward, scores.cost, caps, budget)
+            cache = RouteCache(scores, caps, budget, p, status)
+            if scores.cacheable:
+                state.route_cache = cache
     draw = uniform(config.seed, query_id)
     index = sample_index(cache.p, draw)
     chosen = deployed[index]
@@ -164,7 +180,8 @@ def _on_query(state: EngineState, event: Query, seq: int, outputs: list[Output])
     chosen.add_pending(1)
     if chosen.price is None and chosen.n == 0:
         state.route_cache = None  # a probe went out: the ledger now charges cost_max for it
-    state.queries[query_id] = QueryRecord(chosen.model_id, event.time, estimate)
+    state.queries[query_id] = QueryRecord(chosen.model_id, event.time, estimate,
+                                          context=context_index)
     if len(state.queries) > config.max_tracked_queries:
         _forget(state, *state.queries.popitem(last=False))
     state.counters["routed"] += 1
@@ -210,6 +227,8 @@ def _on_feedback(state: EngineState, event: Feedback) -> None:
     model.add_pending(-1)
     model.observe(event.reward, event.cost)
     _refresh(state, model)
+    if state.context is not None:
+        context.observe(state, state.context, record.context, model, event.reward, event.cost)
     state.ledger.settle(record.estimate, event.cost)
     state.counters["feedback"] += 1
     state.spent += event.cost
@@ -264,6 +283,8 @@ def _on_expiry(state: EngineState, event: ModelExpired, seq: int, outputs: list[
     model.expired_seq = seq
     if event.model_id in state.deployed_ids:
         state.set_deployed([m for m in state.deployed if m.model_id != event.model_id])
+        if state.context is not None:
+            state.context.plan = None  # re-planned over the rest at the next query
         if not state.deployed and any(m.live for m in state.models.values()):
             outputs.append(_deploy(state, seq, event.time, "deployed_set_empty"))
 
@@ -288,18 +309,24 @@ def _deploy(state: EngineState, seq: int, time: float, reason: DeployReason) -> 
         state.stage = 0
     candidates: list[ModelStats] = [m for m in state.models.values() if m.live]
     m_max = config.m_max if state.policy.commits_to_stages else len(candidates)
-    scores = state.policy.deploy_scores(candidates, state.stage)
     alpha = [m.alpha for m in candidates]
-    solution = deploy_opt(scores.reward, scores.cost, alpha, config.budget, m_max)
-    state.set_deployed([candidates[i] for i in solution.selected])
+    if state.context is not None:
+        reward, cost, d, objective, status = context.deploy(state, state.context, candidates,
+                                                            m_max)
+    else:
+        scores = state.policy.deploy_scores(candidates, state.stage)
+        solution = deploy_opt(scores.reward, scores.cost, alpha, config.budget, m_max)
+        state.set_deployed([candidates[i] for i in solution.selected])
+        reward, cost, d = scores.reward, scores.cost, solution.d.tolist()
+        objective, status = solution.objective, solution.status
     state.counters["deployments"] += 1
     return trusted(
         DeploymentDecision, schema_version=1, type="deployment_decision", domain=config.domain,
         seq=seq, stage=state.stage, time=time, policy=config.policy,
-        reason=reason, candidates=[m.model_id for m in candidates], mu_u=scores.reward,
-        c_l=scores.cost, alpha=alpha, budget=config.budget, m_max=m_max,
-        selected=[m.model_id for m in state.deployed], d=solution.d.tolist(),
-        objective=solution.objective, status=solution.status,
+        reason=reason, candidates=[m.model_id for m in candidates], mu_u=reward,
+        c_l=cost, alpha=alpha, budget=config.budget, m_max=m_max,
+        selected=[m.model_id for m in state.deployed], d=d,
+        objective=objective, status=status,
     )
 
 

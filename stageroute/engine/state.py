@@ -16,9 +16,13 @@ from typing import Any
 
 from stageroute.engine.budget import Ledger
 from stageroute.engine.config import ENGINE_VERSION, EngineConfig
+from stageroute.engine.context import ContextBook
 from stageroute.policies import ModelStats, Policy, Scores, make_policy
+from stageroute.policies.contextual import ContextualMixin
 
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
+"""3: contextual state (``context``, and each tracked query's context); 2 (no context) is read
+as well."""
 
 ANSWERED_REMEMBERED = 10_000
 """Answered query ids remembered: a query or feedback repeating one of them is a duplicate; an
@@ -44,6 +48,8 @@ class QueryRecord:
     time: float
     #: The cost estimate committed to the budget ledger when the query was routed.
     estimate: float = 0.0
+    #: The query's context index (``stageroute.engine.context``; 0: none).
+    context: int = 0
 
 
 @dataclass(slots=True)
@@ -64,6 +70,8 @@ class EngineState:
     queries: OrderedDict[str, QueryRecord] = field(default_factory=OrderedDict)
     answered: OrderedDict[str, None] = field(default_factory=OrderedDict)
     route_cache: RouteCache | None = None
+    #: Contextual policies only: contexts, (context, model) statistics and the plan.
+    context: ContextBook | None = None
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("routed", "feedback", "deployments", "dead_letters", "forgotten_queries",
          "budget_infeasible"), 0))
@@ -78,8 +86,9 @@ def initial_state(config: EngineConfig) -> EngineState:
     if config.engine_version != ENGINE_VERSION:
         raise ValueError(f"engine version {config.engine_version} decisions cannot be made by "
                          f"engine version {ENGINE_VERSION}")
-    return EngineState(config=config, policy=make_policy(config.policy, config.seed,
-                                                         config.policy_params))
+    policy = make_policy(config.policy, config.seed, config.policy_params)
+    book = ContextBook(policy) if isinstance(policy, ContextualMixin) else None
+    return EngineState(config=config, policy=policy, context=book)
 
 
 def snapshot(state: EngineState) -> bytes:
@@ -95,8 +104,10 @@ def snapshot(state: EngineState) -> bytes:
         "ledger": [state.ledger.routed, state.ledger.committed],
         "models": [m.to_json() for m in state.models.values()],
         "deployed": [m.model_id for m in state.deployed],
-        "queries": [[q, r.model_id, r.time, r.estimate] for q, r in state.queries.items()],
+        "queries": [[q, r.model_id, r.time, r.estimate, r.context]
+                    for q, r in state.queries.items()],
         "answered": list(state.answered),
+        "context": None if state.context is None else state.context.to_json(),
         "route_cache": None if cache is None else [
             cache.scores.reward, cache.scores.cost, cache.scores.risk, cache.alpha, cache.budget,
             cache.p, cache.status],
@@ -107,7 +118,7 @@ def snapshot(state: EngineState) -> bytes:
 
 def restore(data: bytes) -> EngineState:
     doc = json.loads(zlib.decompress(data))
-    if doc.get("version") != SNAPSHOT_VERSION:
+    if doc.get("version") not in (2, SNAPSHOT_VERSION):
         raise ValueError(f"snapshot version {doc.get('version')!r} is not {SNAPSHOT_VERSION}")
     state = initial_state(EngineConfig.model_validate(doc["config"]))
     state.seq, state.stage, state.clock = doc["seq"], doc["stage"], doc["clock"]
@@ -115,10 +126,17 @@ def restore(data: bytes) -> EngineState:
     state.ledger = Ledger(*doc["ledger"])
     state.models = {row[0]: ModelStats.from_json(row) for row in doc["models"]}
     state.set_deployed([state.models[m] for m in doc["deployed"]])
-    state.queries = OrderedDict((q, QueryRecord(m, t, e)) for q, m, t, e in doc["queries"])
+    # Version 2 rows have no context (0: none).
+    state.queries = OrderedDict((row[0], QueryRecord(*row[1:])) for row in doc["queries"])
     state.answered = OrderedDict.fromkeys(doc["answered"])
     if doc["route_cache"] is not None:
         reward, cost, risk, alpha, budget, p, status = doc["route_cache"]
         state.route_cache = RouteCache(Scores(reward, cost, True, risk), alpha, budget, p, status)
+    if doc.get("context") is not None:
+        assert isinstance(state.policy, ContextualMixin)
+        state.context = ContextBook.from_json(state.policy, doc["context"])
+        if state.context.plan is not None and state.context.plan.models != [
+                m.model_id for m in state.deployed]:
+            raise ValueError("snapshot: the contextual plan is not for the deployed set")
     state.counters = doc["counters"]
     return state

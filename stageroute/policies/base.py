@@ -24,6 +24,14 @@ import numpy as np
 from solvers import model_bounds
 
 
+def welford(n: int, mean: float, m2: float, x: float) -> tuple[float, float]:
+    """The ``n``-th observation ``x``: ``mean += (x - mean) / n``,
+    ``M2 += (x - mean_old) (x - mean_new)``; returns the new ``(mean, M2)``."""
+    delta = x - mean
+    mean += delta / n
+    return mean, m2 + delta * (x - mean)
+
+
 @dataclass(slots=True)
 class ModelStats:
     """One model's registry entry and sufficient statistics (Welford), all costs in USD.
@@ -88,12 +96,8 @@ class ModelStats:
         cost = min(max(cost, self.cost_min), self.cost_max)
         self.n += 1
         n = self.n
-        delta = reward - self.mean_r
-        self.mean_r += delta / n
-        self.m2_r += delta * (reward - self.mean_r)
-        delta = cost - self.mean_c
-        self.mean_c += delta / n
-        self.m2_c += delta * (cost - self.mean_c)
+        self.mean_r, self.m2_r = welford(n, self.mean_r, self.m2_r, reward)
+        self.mean_c, self.m2_c = welford(n, self.mean_c, self.m2_c, cost)
 
     def refresh_bounds(self, gamma: float, cost_scale: float, price_weight: float) -> None:
         """Refresh ``mu_U = clip(m_r + 2 f_rad, 0, 1)``, ``c_L = clip(m_c - 2 f_rad, c1, c2)``

@@ -164,20 +164,3 @@ class Oracle(Policy):
 
     def route_scores(self, models: list[ModelStats], query_id: str) -> Scores:
         return self._scores(models)
-
-
-POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls
-    for cls in (StageRoute, StageRoutePaper, StaticBestAtStart, UCBBwK, Greedy, EpsilonGreedy,
-                Thompson, UniformRandom, Oracle)
-}
-
-
-def make_policy(name: str, seed: int, params: dict[str, Any] | None = None) -> Policy:
-    """The policy called ``name``; ``ValueError`` listing the known names otherwise."""
-    try:
-        cls = POLICIES[name]
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}") from None
-    return cls(seed, dict(params or {}))
-

@@ -38,6 +38,7 @@ from streams.tables import RewardTable, load_table
 DEFAULT_POLICIES = "stageroute,greedy,random"
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_GAMMA = EngineConfig.model_fields["gamma"].default
+ORACLES = ("oracle", "contextual_oracle")
 MAX_HORIZON = 100_000_000  # 16 bytes per query and run are kept for the curves
 MAX_SEEDS = 100
 
@@ -47,6 +48,8 @@ with the seed (or in table order), models arrive and retire on a schedule, stage
 K = ceil(T^(1/3)) equal intervals, and each policy's choice gets that row's score and cost as
 feedback. Prints one row per policy against the oracle, which knows the true means and obeys
 the same limits, as the mean and standard deviation over the seeds (3 by default: 0, 1, 2).
+When the table has tasks (eval_name), queries carry them and the contextual oracle (true
+means per task and model, same limits) runs too; "% ctx oracle" is against it.
 Every event and decision is written to the audit database unless --no-audit.
 
 Budget convention: the per-query budget is beta times the highest mean per-query cost among
@@ -96,8 +99,9 @@ def add_parser(sub: SubParsers[Any]) -> None:
                    dest="no_pacing", help="route every query with the nominal budget (no "
                    "budget ledger): realised spend may then exceed the budget")
     p.add_argument("--policies", metavar="LIST", help="comma-separated, from: "
-                   f"{', '.join(sorted(set(POLICIES) - {'oracle'}))} (default "
-                   f"{DEFAULT_POLICIES}; the oracle always runs)")
+                   f"{', '.join(sorted(set(POLICIES) - set(ORACLES)))} (default "
+                   f"{DEFAULT_POLICIES}; the oracle always runs, and the contextual oracle "
+                   "when the data has tasks)")
     p.add_argument("--json", metavar="FILE.json", help="write the summary as JSON here")
     p.add_argument("--report", metavar="FILE.html", help="write a self-contained interactive "
                    "HTML report here (regret, deployments, spend, reward over time)")
@@ -154,13 +158,13 @@ def plan(opts: Options) -> Plan:
         raise UsageError(f"--order: expected iid or table, got {order!r}")
     names = [n.strip() for n in opts.get("policies", text, DEFAULT_POLICIES).split(",")
              if n.strip()]
-    unknown = [n for n in names if n not in POLICIES or n == "oracle"]
+    unknown = [n for n in names if n not in POLICIES or n in ORACLES]
     if unknown or not names:
         raise UsageError(f"--policies: unknown {', '.join(unknown) or '(none given)'}; "
-                         f"choose from {', '.join(sorted(set(POLICIES) - {'oracle'}))}")
+                         f"choose from {', '.join(sorted(set(POLICIES) - set(ORACLES)))}")
     if len(set(names)) != len(names):
         raise UsageError(f"--policies: {','.join(names)} names a policy twice")
-    jobs = opts.get("jobs", whole(1, 64), default_jobs(len(seeds) * (len(names) + 1)))
+    jobs = opts.get("jobs", whole(1, 64), default_jobs(len(seeds) * (len(names) + 2)))
     table = load_table(data or BUNDLED_TABLE)
     try:
         scenario, source = _scenario(opts.get("scenario", text, None), table, horizon, stages)
@@ -235,8 +239,9 @@ def run_command(opts: Options) -> int:
     p = plan(opts)
     for warning in p.warnings:
         print(f"stageroute backtest: warning: {warning.message}", file=sys.stderr)
+    oracles = ORACLES if p.table.task_means() else ORACLES[:1]
     tasks = tuple(runs.Task(seed, policy) for seed in p.seeds
-                  for policy in ("oracle", *p.policies))
+                  for policy in (*oracles, *p.policies))
     store = None
     invocation_id = str(uuid.uuid4())
     if not opts.get("no_audit", flag, False):
@@ -261,10 +266,11 @@ def run_command(opts: Options) -> int:
     summary = _summary(p, meta, grouped)
     if store is not None:
         for oracle, others in grouped.values():
+            contextual = _contextual_oracle(others)
             for result in (oracle, *others):
                 assert result.run_id is not None
-                store.finish_run(result.run_id,
-                                 {**meta, **result.summary(None if result is oracle else oracle)})
+                store.finish_run(result.run_id, {**meta, **result.summary(
+                    None if result is oracle else oracle, contextual)})
     print_table(summary)
     if p.json_path:
         p.json_path.write_text(json.dumps(summary, indent=2, allow_nan=False,
@@ -300,23 +306,39 @@ def _meta(p: Plan, invocation_id: str | None) -> dict[str, Any]:
     }
 
 
-def _row(result: RunResult, oracle: RunResult | None, stages: int) -> dict[str, Any]:
-    row = result.summary(oracle)
+def _contextual_oracle(results: list[RunResult]) -> RunResult | None:
+    return next((r for r in results if r.policy == "contextual_oracle"), None)
+
+
+def _row(result: RunResult, oracle: RunResult | None, contextual: RunResult | None,
+         stages: int) -> dict[str, Any]:
+    row = result.summary(oracle, contextual)
     row["deploys_per_stage"] = len(result.deployments) / stages
     return row
 
 
 def _summary(p: Plan, meta: dict[str, Any],
              grouped: dict[int, tuple[RunResult, list[RunResult]]]) -> dict[str, Any]:
+    """The oracle's, the contextual oracle's (when the data has tasks: ``contextual_oracle``,
+    else None) and every policy's figures, aggregated over the seeds and per seed."""
     stages = len(p.scenario.stage_starts)
-    per_seed = [{"seed": seed,
-                 "oracle": _row(oracle, None, stages),
-                 "policies": [_row(r, oracle, stages) for r in others]}
-                for seed, (oracle, others) in grouped.items()]
+    per_seed = []
+    for seed, (oracle, others) in grouped.items():
+        contextual = _contextual_oracle(others)
+        per_seed.append({
+            "seed": seed,
+            "oracle": _row(oracle, None, contextual, stages),
+            "contextual_oracle": None if contextual is None
+            else _row(contextual, oracle, contextual, stages),
+            "policies": [_row(r, oracle, contextual, stages) for r in others
+                         if r is not contextual]})
+    has_contextual = per_seed[0]["contextual_oracle"] is not None
     return {
         **meta,
         "seed": p.seeds[0],
         "oracle": aggregate([s["oracle"] for s in per_seed]),
+        "contextual_oracle": aggregate([s["contextual_oracle"] for s in per_seed])
+        if has_contextual else None,
         "policies": [aggregate([s["policies"][i] for s in per_seed])
                      for i in range(len(p.policies))],
         "per_seed": per_seed,

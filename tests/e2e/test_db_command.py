@@ -42,15 +42,16 @@ def test_db_url_keeps_the_server_up_for_psql_and_sqlalchemy(db_dir: Path) -> Non
                      "greedy", env_dir=db_dir)
     assert run.returncode == 0, run.stderr
     with psycopg.connect(url) as conn:  # libpq's URL form, as psql takes it
-        assert conn.execute("SELECT count(*) FROM run_summaries").fetchone() == (2,)
+        # The oracle, the contextual oracle (the bundled table has tasks) and greedy.
+        assert conn.execute("SELECT count(*) FROM run_summaries").fetchone() == (3,)
     sqlalchemy_url = stageroute("db", "url", "--sqlalchemy", env_dir=db_dir).stdout.strip()
     with make_engine(sqlalchemy_url).connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM routing_outcomes")).scalar_one() == 400
+        assert conn.execute(text("SELECT count(*) FROM routing_outcomes")).scalar_one() == 600
     psql = shutil.which("psql")  # the README's client; Debian's postgresql package has it
     assert psql, "psql not found (apt-get install postgresql-client)"
     out = subprocess.run([psql, url, "-tAc", "SELECT count(*) FROM runs"],
                          capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "2", out.stderr
+    assert out.stdout.strip() == "3", out.stderr
     info = json.loads(stageroute("db", "info", "--json", env_dir=db_dir).stdout)
     assert info["data_dir"] == str(db_dir) and info["running"] and info["stays_up"]
     assert info["size_bytes"] > 1_000_000

@@ -42,7 +42,8 @@ def test_readme_sql_examples_run_and_the_views_agree(migrated_db: str, tmp_path:
     with make_engine(migrated_db).connect() as conn:
         results = [conn.execute(text(sql)).mappings().all() for sql in examples]
         per_run, per_model, deployments, unpacked = results
-        assert [r["policy"] for r in per_run] != [] and len(per_run) == 3  # oracle + 2
+        # The oracle, the contextual oracle (the bundled table has tasks) and the two policies.
+        assert [r["policy"] for r in per_run] != [] and len(per_run) == 4
         assert sum(r["queries"] for r in per_model) == 400
         assert deployments and all(len(r["deployed"].split(", ")) <= 4 for r in deployments)
         assert len([r for r in unpacked if r["drawn"]]) == 1

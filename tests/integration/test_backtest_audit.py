@@ -39,7 +39,7 @@ def test_backtest_writes_every_decision_and_verify_passes(backtest_run: dict[str
                                    "routing_decisions WHERE run_id = :r"), {"r": run_id}).one()
         runs = conn.execute(text("SELECT count(*) FROM runs")).scalar_one()
     assert tuple(routed) == (3000, 3000)
-    assert runs == 3  # oracle, stageroute, greedy
+    assert runs == 4  # oracle, stageroute, greedy, and the contextual oracle (tasks in the data)
     result = cli("audit", "--db-url", db, "verify", run_id, cwd=cwd)
     assert result.returncode == 0, result.stderr
     assert "verified: 0 mismatches" in result.stdout
@@ -109,7 +109,8 @@ def test_stored_summary_has_what_the_cli_printed(migrated_db: str, tmp_path: Pat
     listing = cli("audit", "--db-url", db, "runs", "--backtest",
                   summary["invocation_id"][:8], "--json", cwd=cwd)
     runs = json.loads(listing.stdout)
-    assert len(runs) == 6 and {r["status"] for r in runs} == {"finished"}
+    # 2 seeds x (the oracle, the contextual oracle, stageroute, greedy)
+    assert len(runs) == 8 and {r["status"] for r in runs} == {"finished"}
     created = [r["created_at"] for r in runs]
     assert created == sorted(created, reverse=True)  # newest first
 
@@ -141,3 +142,31 @@ def test_a_budget_below_every_model_routes_the_cheapest_and_verifies(migrated_db
         verified = cli("audit", "--db-url", migrated_db, "verify", run["run_id"], cwd=tmp_path)
         assert verified.returncode == 0, verified.stderr
         assert "verified: 0 mismatches" in verified.stdout
+
+
+def test_a_contextual_backtest_verifies_and_reports_both_oracles(migrated_db: str,
+                                                                 tmp_path: Path) -> None:
+    summary_file = tmp_path / "summary.json"
+    result = cli("backtest", "--quiet", "--horizon", "2000", "--policies", "contextual",
+                 "--seed", "0", "--db-url", migrated_db, "--json", str(summary_file),
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "contextual_oracle" in result.stdout and "% ctx oracle" in result.stdout
+    summary = json.loads(summary_file.read_text())
+    (ours,) = summary["policies"]
+    assert summary["contextual_oracle"]["policy"] == "contextual_oracle"
+    assert ours["oracle_avg_reward"] == summary["oracle"]["avg_reward"]
+    assert ours["contextual_oracle_avg_reward"] == summary["contextual_oracle"]["avg_reward"]
+    assert ours["pct_of_contextual_oracle"] == pytest.approx(
+        100 * ours["avg_reward"] / ours["contextual_oracle_avg_reward"])
+    for run in (ours, summary["contextual_oracle"]):
+        verified = cli("audit", "--db-url", migrated_db, "verify", run["run_id"], cwd=tmp_path)
+        assert verified.returncode == 0, verified.stderr
+        assert "verified: 0 mismatches" in verified.stdout
+    # A contextual deployment whose stored plan value is below DeployOPT's on its own averages
+    # cannot be what the program chose: caught.
+    with make_engine(migrated_db).begin() as conn:
+        conn.execute(text("UPDATE deployment_decisions SET objective = 0 "
+                          "WHERE run_id = :r AND stage = 2"), {"r": ours["run_id"]})
+    tampered = cli("audit", "--db-url", migrated_db, "verify", ours["run_id"], cwd=tmp_path)
+    assert tampered.returncode == 1 and "below DeployOPT" in tampered.stderr

@@ -167,6 +167,9 @@ def markets(draw: st.DrawFn) -> dict[str, Any]:
         "known": draw(st.booleans()),
         "m_max": draw(st.integers(1, 4)),
         "seed": draw(st.integers(0, 2**16)),
+        "policy": draw(st.sampled_from(["stageroute", "contextual"])),
+        # Per task, a factor on every cost: a cheap, a plain and a dear kind of query.
+        "task_cost": draw(st.sampled_from([(1.0,), (0.3, 1.0, 3.0), (1.0, 10.0)])),
     }
 
 
@@ -175,7 +178,8 @@ def run_market(market: dict[str, Any]) -> tuple[EngineConfig, list[Any], list[An
     prices = market["prices"]
     rng = random.Random(market["seed"])
     config = make_config(budget=market["budget"], m_max=market["m_max"], seed=market["seed"],
-                         cost_ceiling=100.0 * max(prices))
+                         cost_ceiling=100.0 * max(prices), policy=market["policy"])
+    factors = market["task_cost"]
     arrivals = [arrived(f"m{i}", alpha=a, cost_max=100.0 * price,
                         price=price if market["known"] else None)
                 for i, (price, a) in enumerate(zip(prices, market["alpha"]))]
@@ -183,13 +187,13 @@ def run_market(market: dict[str, Any]) -> tuple[EngineConfig, list[Any], list[An
     exogenous.update({t: [stage(k)] for k, t in enumerate(range(100, market["horizon"], 100), 1)})
 
     def outcome(t: int, model_id: str) -> tuple[float, float]:
-        price = prices[int(model_id[1:])]
-        # A draw past the contract's bound on a cost (price 1,000 x lognormal noise) would be
-        # rejected by Feedback itself; the gateway reports at most that much.
+        price = prices[int(model_id[1:])] * factors[t % len(factors)]
+        # Within the contract's largest cost (a dear task's heavy tail can pass it).
         return rng.random(), min(MAX_USD, price * rng.lognormvariate(0.0, market["noise"])) \
             if market["noise"] else price
 
-    workload = Workload(market["horizon"], exogenous, lambda t: query(f"q{t}", float(t)),
+    workload = Workload(market["horizon"], exogenous,
+                        lambda t: query(f"q{t}", float(t), f"task{t % len(factors)}"),
                         outcome, delay=lambda t: market["delay"])
     state = initial_state(config)
     journal: list[Any] = []
@@ -202,8 +206,12 @@ def run_market(market: dict[str, Any]) -> tuple[EngineConfig, list[Any], list[An
         for decision in out:
             if isinstance(decision, RoutingDecision):
                 ledger = state.ledger
+                # A contextual plan with no plan over the contexts within the budget routes
+                # every context's part of the cheapest plan (stageroute.engine.context).
+                plan = state.context.plan if state.context is not None else None
                 forced = (decision.status in (BUDGET_INFEASIBLE, CAPS_BUDGET_INFEASIBLE)
-                          or decision.budget == cheapest_mix_cost(decision.c_l, decision.alpha))
+                          or decision.budget == cheapest_mix_cost(decision.c_l, decision.alpha)
+                          or (plan is not None and plan.infeasible))
                 held.append(forced or ledger.committed
                             <= (1 + config.overdraft) * config.budget * ledger.routed * (1 + 1e-9))
 
@@ -235,7 +243,7 @@ def test_ledger_holds_and_every_decision_replays(market: dict[str, Any]) -> None
 def test_with_exact_prices_committed_spend_never_passes_the_line(market: dict[str, Any]) -> None:
     # Costs exactly as published and shares that never force: the bound holds at every query.
     market = {**market, "noise": 0.0, "known": True, "alpha": [1.0] * len(market["prices"]),
-              "budget": max(market["budget"], min(market["prices"]))}
+              "budget": max(market["budget"], min(market["prices"])), "task_cost": (1.0,)}
     config, _, outputs, _ = run_market(market)
     spent = 0.0
     for n, decision in enumerate(routings(outputs), 1):

@@ -110,7 +110,7 @@ def test_the_seed_is_an_input() -> None:
 
 
 def test_same_inputs_give_identical_outputs_in_a_fresh_process() -> None:
-    policies = ["stageroute", "thompson", "random"]
+    policies = ["stageroute", "thompson", "random", "contextual"]
     here = [log_digest(policy) for policy in policies]
     code = ("from tests.factories import log_digest\n"
             f"print(' '.join(log_digest(p) for p in {policies!r}))")

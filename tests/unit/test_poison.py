@@ -17,7 +17,6 @@ from schemas import (
     Feedback,
     ModelArrived,
     ModelExpired,
-    Query,
     StageBoundary,
     decode_decision,
     decode_event,
@@ -31,6 +30,7 @@ from tests.factories import (
     new_state,
     only,
     query,
+    routings,
     run_log,
     stage,
     state_view,
@@ -90,11 +90,64 @@ def test_a_handler_that_raises_leaves_the_state_as_it_was_and_yields_a_dead_lett
     assert step(state, query("q2", 2.0))[0].model_id == "a"
 
 
+def _solver_fails(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("solver failed")
+
+
+@pytest.mark.parametrize(("target", "event"), [
+    # ContextDeployOPT at a stage start: after the priors and every cell were rescored.
+    ("stageroute.engine.context.context_deploy_opt", stage(1, 1.0)),
+    # ContextLP for a query of a new context: after it was counted and the cells rescored.
+    ("stageroute.engine.context.context_lp", query("q9", 1.0, task="z")),
+    # RouteOPT for a query of a known context, no re-plan: after it was counted.
+    ("stageroute.engine.core.solve_lists", query("q9", 1.0, task="x")),
+])
+def test_a_contextual_handler_that_raises_leaves_the_contexts_as_they_were(
+        monkeypatch: pytest.MonkeyPatch, target: str, event: Any) -> None:
+    state, out = run_log([arrived("a"), arrived("b"), stage(0),
+                          *(query(f"q{i}", task=("x", "y", None)[i % 3]) for i in range(6))],
+                         policy="contextual", m_max=2)
+    for decision in out:
+        if hasattr(decision, "query_id"):
+            step(state, Feedback(query_id=decision.query_id, model_id=decision.model_id,
+                                 reward=0.5, cost=0.1, time=0.0))
+    before = state_view(state)
+    assert before["context"]["names"] == ["x", "y"] and before["context"]["plan"] is not None
+    monkeypatch.setattr(target, _solver_fails)
+    letter = only(step(state, event), DeadLetter)
+    assert letter.reason == "internal_error" and "solver failed" in letter.detail
+    after = state_view(state)
+    for view in (before, after):
+        view.pop("seq"), view["counters"].pop("dead_letters")
+    assert after == before, "the contexts, their cells, priors and plan are as they were"
+    monkeypatch.undo()
+    assert state_view(restore(snapshot(state))) == state_view(state)
+    assert routings(step(state, query("q10", 2.0, task="x")))
+
+
+def test_a_contextual_feedback_that_raises_leaves_its_cell_as_it_was(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The ledger's settlement comes after the (context, model) cell took the feedback.
+    state, _ = run_log([arrived("a"), stage(0), query("q0", task="x")], policy="contextual")
+    step(state, Feedback(query_id="q0", model_id="a", reward=0.5, cost=0.1, time=0.0))
+    step(state, query("q1", task="x"))
+    before = state_view(state)
+    monkeypatch.setattr("stageroute.engine.budget.Ledger.settle", _solver_fails)
+    letter = only(step(state, Feedback(query_id="q1", model_id="a", reward=1.0, cost=0.3,
+                                       time=0.0)), DeadLetter)
+    assert letter.reason == "internal_error"
+    after = state_view(state)
+    for view in (before, after):
+        view.pop("seq"), view["counters"].pop("dead_letters")
+    assert after == before, "the cell's statistics and scores are as they were"
+
+
 def test_capture_covers_every_field_of_the_engine_state() -> None:
     """``capture`` names the fields one by one (for speed): a new field must be added to it
-    (or declared per-query) before this passes."""
+    (or declared per-query, or the contextual book) before this passes."""
     names = {f.name for f in dataclasses.fields(EngineState)}
-    assert names == atomic.COVERED | atomic.PER_QUERY, names ^ (atomic.COVERED | atomic.PER_QUERY)
+    covered = atomic.COVERED | atomic.PER_QUERY | atomic.CONTEXT_BOOK
+    assert names == covered, names ^ covered
 
 
 # --- extreme but valid events ---------------------------------------------------------------------
@@ -124,7 +177,7 @@ def _event(draw: Any) -> Any:
         return StageBoundary(stage=draw(st.one_of(st.integers(0, 5), st.just(MAX_INDEX))),
                              time=time)
     if kind == "query":
-        return Query(query_id=draw(_queries), time=time)
+        return query(draw(_queries), time, draw(st.sampled_from([None, "x", "y"])))
     return Feedback(query_id=draw(_queries), model_id=draw(_models), time=time,
                     reward=draw(st.floats(0.0, 1.0)), cost=draw(_floats))
 
@@ -138,7 +191,8 @@ def _finite(view: dict[str, Any]) -> bool:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=st.lists(_event(), min_size=1, max_size=40),
-       policy=st.sampled_from(["stageroute", "greedy", "thompson", "epsilon_greedy"]),
+       policy=st.sampled_from(["stageroute", "greedy", "thompson", "epsilon_greedy",
+                               "contextual"]),
        budget=st.sampled_from([1e-9, 0.3, MAX_USD]))
 def test_extreme_valid_events_never_raise_and_keep_statistics_finite(
         events: list[Any], policy: str, budget: float) -> None:
