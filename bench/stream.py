@@ -1,4 +1,4 @@
-"""End-to-end streaming benchmark: publish -> worker (faust) -> Postgres commit -> decision out.
+"""End-to-end streaming benchmark: publish -> worker -> Postgres commit -> decision out.
 
     python -m bench.stream [--queries 20000] [--latency-queries 10000] [--rate 1000]
                            [--bootstrap HOST:PORT] [--db-url URL]
@@ -13,8 +13,9 @@ starts ``stageroute worker`` as a subprocess, then:
    Sustained queries/s = queries / (first publish -> last decision committed).
 2. *Latency at a fixed offered load*: publishes another domain's log paced at ``--rate``
    queries/s (feedback in between, as in the log) and reads the decisions topic; latency of a
-   query = timestamp of its decision message (CreateTime, set by the worker's producer after
-   the commit) - wall time just before the query was sent. Prints p50/p99/max.
+   query = timestamp of its decision message (CreateTime, set by the worker's producer when it
+   publishes, before the batch's transaction) - wall time just before the query was sent.
+   Prints p50/p99/max.
 
 Set ``STAGEROUTE_BENCH_KEEP=1`` to keep the database and topics for inspection.
 Everything runs on this machine: broker, Postgres, worker, publisher and this reader share
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-within", type=float, default=0.02,
                         help="seconds the worker waits to fill a batch")
     parser.add_argument("--web-port", type=int, default=16077)
-    parser.add_argument("--runtime", choices=["faust", "aiokafka"], default="faust")
+    parser.add_argument("--runtime", choices=["faust", "aiokafka"], default="aiokafka")
     args = parser.parse_args(argv)
 
     from schemas import encode
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         stage = sorted((applied[q] - t) * 1000.0 for q, t in sent.items() if q in applied)
         if stage:
             qa = statistics.quantiles(stage, n=100)
-            print(f"  of which publish -> batch applied (commit starts): p50 {qa[49]:.1f} ms, "
+            print(f"  of which publish -> batch applied: p50 {qa[49]:.1f} ms, "
                   f"p99 {qa[98]:.1f} ms", flush=True)
         with urllib.request.urlopen(f"http://127.0.0.1:{args.web_port}/metrics") as r:
             metrics = r.read().decode()

@@ -140,11 +140,17 @@ def _worker_parser(sub: SubParsers[Any]) -> None:
                    "timeout (default 10; a killed worker's partitions move after this long)")
     p.add_argument("--stall-after", metavar="SECONDS", help="seconds without a commit while "
                    "input is pending after which /health reports degraded (default 60)")
+    p.add_argument("--max-trail-lag", metavar="N", help="input records whose decisions may be "
+                   "published before they are stored in the audit trail, at most (default "
+                   "20000); past it the worker pauses consumption")
+    p.add_argument("--max-trail-seconds", metavar="SECONDS", help="no record is applied while "
+                   "the oldest published-but-unstored batch is older than this (default 5)")
     p.add_argument("--log-level", metavar="LEVEL", help="log level: debug, info (default), "
                    "warning, error")
     p.add_argument("--runtime", choices=["faust", "aiokafka"],
-                   help="faust: a faust-streaming agent (default); aiokafka: a plain consumer "
-                        "loop, same processing and commit order, less per-record overhead")
+                   help="aiokafka: a plain consumer loop (default); faust: a faust-streaming "
+                        "agent, same processing and commit order, ~2.5x slower here "
+                        "(bench/RESULTS.md)")
     p.set_defaults(handler=_worker)
 
 
@@ -239,8 +245,10 @@ def _worker(opts: Options) -> int:
         web_port=opts.get("web_port", positive_int, 6066),
         group=opts.get("group", text, None), topic_prefix=_names(opts).prefix,
         session_timeout=opts.get("session_timeout", positive_float, 10.0),
-        stall_after=opts.get("stall_after", positive_float, 60.0))
-    runtime = opts.get("runtime", text, "faust")
+        stall_after=opts.get("stall_after", positive_float, 60.0),
+        max_lag_records=opts.get("max_trail_lag", positive_int, 20_000),
+        max_lag_seconds=opts.get("max_trail_seconds", positive_float, 5.0))
+    runtime = opts.get("runtime", text, "aiokafka")
     _check_choice("--runtime", runtime, ("faust", "aiokafka"))
     if runtime == "aiokafka":
         from streams.live.lean import run_lean

@@ -2,10 +2,13 @@
 
 Only the consume loop lives here; the commit protocol is ``streams.live.checkpoint`` (shared
 with the aiokafka runtime). The agent takes a batch of records (``stream.take_events``) and runs
-``Checkpoint.process`` on it; when the agent's loop moves on, faust acks the batch's events and
-commits their offsets in the background, so offsets are committed only after the batch's
-transaction and the broker's acks of its outputs. faust's own exactly-once is not used:
-exactly-once in effect comes from the database (positions under the owner's fence).
+``Checkpoint.process`` on it, which publishes its decisions at once; the agent then awaits the
+batch's transaction, because when its loop moves on faust acks the batch's events and commits
+their offsets in the background (``take_events`` acks in its ``finally``), and offsets must be
+committed only after the batch's transaction and the broker's acks of its outputs. So this
+runtime does not pipeline batches: its trail lags by at most the batch in flight. faust's own
+exactly-once is not used: exactly-once in effect comes from the database (positions under the
+owner's fence).
 
 Partitions: faust's assignor gives partition ``p`` of every input topic to the same worker (the
 topics are co-partitioned), so a domain has one owner; the app's ``on_partitions_assigned`` /
@@ -84,7 +87,7 @@ def build_app(settings: WorkerSettings, store: AuditStore) -> WorkerApp:
 
     async def handle(batch: list[Message]) -> None:
         try:
-            await checkpoint.process(batch)
+            await (await checkpoint.process(batch))
         except Exception as exc:
             parts.health.failed = repr(exc)
             log.exception("batch failed; exiting so a restart resumes from the database")

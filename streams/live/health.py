@@ -55,6 +55,12 @@ class Metrics:
         self.domains = Gauge("stageroute_domains", "domains whose state is loaded", registry=r)
         self.lag = Gauge("stageroute_consumer_lag", "input records not yet processed",
                          ["topic", "partition"], registry=r)
+        self.trail_lag = Gauge("stageroute_trail_lag_records", "input records applied and "
+                               "published but not yet stored in the audit trail", registry=r)
+        self.trail_age = Gauge("stageroute_trail_lag_seconds", "age of the oldest batch "
+                               "published but not yet stored, after the last store", registry=r)
+        self.lag_pauses = c("trail_lag_pauses", "times consumption paused for the trail's "
+                            "lag bound")
         self.healthy = Gauge("stageroute_healthy", "1 if /health answers ok", registry=r)
         self.last_commit: float | None = None
 

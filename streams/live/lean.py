@@ -1,8 +1,10 @@
 """The worker on a plain aiokafka consumer loop (``--runtime aiokafka``): no faust.
 
 Only the consume loop lives here; the commit protocol is ``streams.live.checkpoint`` (shared
-with the faust runtime). Batches are ``consumer.getmany(max_records=batch_size)``; after
-``Checkpoint.process`` the batch's offsets are committed. Partitions are assigned with the
+with the faust runtime). Batches are ``consumer.getmany(max_records=batch_size)``, handed to
+``Checkpoint.process``, which returns once the batch's decisions are published; the checkpoint
+commits each batch's offsets (``commit_offsets``) once the batch is stored, while this loop
+goes on fetching. Partitions are assigned with the
 range assignor, which gives partition ``p`` of every input topic to the same worker, so a
 domain (keyed to partition ``p`` of each topic) has exactly one owner. The rebalance listener
 claims partitions on assignment and drops them on revocation (after the in-flight batch).
@@ -19,7 +21,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
 
 from streams.audit.store import AuditStore
 from streams.live.checkpoint import Checkpoint
@@ -61,38 +62,31 @@ class LeanWorker:
             session_timeout_ms=int(s.session_timeout * 1000),
             heartbeat_interval_ms=int(min(3.0, s.session_timeout / 3) * 1000))
         checkpoint = parts.checkpoint
+        checkpoint.commit_offsets = lambda offsets: consumer.commit(
+            {TopicPartition(t, p): o for (t, p), o in offsets.items()})
         try:
             await checkpoint.retry("broker", consumer.start)
             consumer.subscribe(list(s.names.inputs), listener=_Ownership(checkpoint))
             while not self.stopping.is_set():
+                checkpoint.check()
                 fetched = await consumer.getmany(timeout_ms=int(s.batch_within * 1000),
                                                  max_records=s.batch_size)
-                if not fetched:
-                    continue
-                batch = [Message(r.topic, r.partition, r.offset, r.key, r.value)
-                         for records in fetched.values() for r in records]
-                offsets = await checkpoint.process(batch)
-                if offsets:
-                    await self._commit(consumer, offsets)
+                if fetched:
+                    await checkpoint.process([
+                        Message(r.topic, r.partition, r.offset, r.key, r.value)
+                        for records in fetched.values() for r in records])
         except Exception as exc:
             parts.health.failed = repr(exc)
             log.exception("worker failed; exiting so a restart resumes from the database")
             raise
         finally:
-            checkpoint.stopping.set()
+            # What is applied is stored and its offsets committed before the consumer leaves.
+            await checkpoint.close(timeout=s.session_timeout)
             try:
                 await asyncio.wait_for(consumer.stop(), timeout=s.session_timeout)
             except Exception as exc:  # a dead broker must not keep us from exiting
                 log.warning("consumer did not stop cleanly: %s", exc)
             await parts.stop()
-
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[Any, int]) -> None:
-        try:
-            await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
-        except KafkaError as exc:
-            # A rebalance or an outage: the records come again and are skipped (their effects
-            # are stored), and their outputs are re-sent by whoever is assigned them.
-            log.warning("offset commit failed (%s); records will be redelivered", exc)
 
 
 def run_lean(settings: WorkerSettings, store: AuditStore) -> None:

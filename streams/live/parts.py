@@ -97,7 +97,8 @@ def build_parts(settings: WorkerSettings, store: AuditStore) -> Parts:
                           settings.snapshot_every)
     output = OutputProducer(settings.bootstrap, settings.names)
     offsets = Offsets(settings.bootstrap, settings.group_id)
-    checkpoint = Checkpoint(processor, output, health, offsets.committed)
+    checkpoint = Checkpoint(processor, output, health, offsets.committed,
+                            settings.max_lag_records, settings.max_lag_seconds)
     parts = Parts(settings, store, metrics, health, processor, output, checkpoint, offsets)
     health.lag = parts.lag
     return parts

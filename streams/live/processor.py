@@ -12,9 +12,11 @@ Per batch:
    failed load leaves nothing half done and ``prepare`` may simply be called again. Then the
    events are applied, in consumption order; the result is the rows to store and the output
    records to publish.
-2. ``commit``: the rows of the whole batch in one transaction under the owner's fence
-   (``streams.audit.live.commit``); partitions found fenced are dropped with their domains and
-   the rest is committed.
+2. ``persist``: the rows of the whole batch in one transaction under the fence of the epochs
+   it was applied under (``streams.audit.live.commit``); it touches only the database, so the
+   checkpoint runs it on a thread of its own, behind the next batches' ``prepare``. When it
+   raises ``Fenced``, ``fence`` drops those partitions with their domains and their part of
+   the batch, and the rest is persisted. (``commit`` does both in a row, and counts.)
 
 Ownership: ``assign`` claims partitions (a new epoch each) and returns the outputs committed
 from records that Kafka's committed offsets do not cover, which a crash may have left unsent;
@@ -102,7 +104,32 @@ class Prepared:
     """First and last offset applied per partition (what the commit moves the position to)."""
     offsets: dict[TP, int] = field(default_factory=dict)
     """Next offset to consume per partition, to commit to Kafka once the batch is stored."""
+    epochs: dict[TP, int] = field(default_factory=dict)
+    """The owner epoch of each partition when the batch was applied (its fence)."""
     out: list[Outgoing] = field(default_factory=list)
+    records: int = 0
+    """Input records applied (or dead-lettered) by the batch."""
+
+    def absorb(self, later: Prepared) -> None:
+        """Append a later batch, so that both are stored in one transaction (group commit):
+        rows in order, spans widened, the later offsets, epochs and snapshots win."""
+        for run_id, write in later.writes.items():
+            mine = self.writes.get(run_id)
+            if mine is None:
+                self.writes[run_id] = write
+                continue
+            mine.journal.extend(write.journal)
+            mine.routing.extend(write.routing)
+            mine.deployments.extend(write.deployments)
+            mine.dead_letters.extend(write.dead_letters)
+            mine.models.extend(write.models)
+            mine.snapshot = write.snapshot or mine.snapshot
+        for tp, (first, last) in later.spans.items():
+            self.spans[tp] = (self.spans.get(tp, (first, last))[0], last)
+        self.offsets.update(later.offsets)
+        self.epochs.update(later.epochs)
+        self.out.extend(later.out)
+        self.records += later.records
 
 
 class Processor:
@@ -220,6 +247,8 @@ class Processor:
                 continue
             self._apply(batch, run, event, source, now)
         self.positions.update({tp: last for tp, (_, last) in batch.spans.items()})
+        batch.epochs = {tp: self.epochs[tp] for tp in batch.spans}
+        batch.records = len(todo)
         for run in self.runs.values():
             if run.since_snapshot >= self.snapshot_every:
                 # Serialised now, stored in the batch's transaction: the state at its end.
@@ -258,26 +287,42 @@ class Processor:
         return write
 
     def commit(self, batch: Prepared) -> set[int]:
-        """Step 2: store the batch; returns the partition numbers found fenced (their
-        records are not stored and their offsets must not be committed). A failure of the
-        database raises and may be retried with the same ``batch``."""
+        """Store the batch (``persist``, dropping what ``fence`` finds lost) and count it;
+        returns the partition numbers found fenced (their records are not stored and their
+        offsets must not be committed). A failure of the database raises and may be retried
+        with the same ``batch``."""
         lost: set[int] = set()
-        while batch.spans:
+        while True:
             try:
-                live.commit(self.store, self.worker_run, self.epochs, batch.spans,
-                            batch.writes.values())
+                self.persist(batch)
                 break
             except Fenced as fenced:
-                lost |= self._lose(fenced.partitions)
-                _without(batch, lost, self.worker_run,
-                         {run.run_id for run in self.runs.values()})
+                lost |= self.fence(batch, fenced)
+        self.count(batch)
+        return lost
+
+    def persist(self, batch: Prepared) -> None:
+        """Step 4 of ``streams.live.checkpoint``: the batch in one transaction under the
+        fence of its epochs. Touches nothing of the processor but the database, so it may run
+        on another thread than ``prepare`` (the checkpoint's persister). Raises ``Fenced``."""
+        if batch.spans:
+            live.commit(self.store, self.worker_run, batch.epochs, batch.spans,
+                        batch.writes.values())
+
+    def fence(self, batch: Prepared, fenced: Fenced) -> set[int]:
+        """Forget the partitions another worker claimed, and their records and rows in
+        ``batch``; returns their numbers."""
+        lost = self._lose(fenced.partitions)
+        _without(batch, lost, self.worker_run, {run.run_id for run in self.runs.values()})
+        return lost
+
+    def count(self, batch: Prepared) -> None:
         m, writes = self.metrics, batch.writes.values()
         m.events.inc(sum(len(w.journal) for w in writes))
         m.decisions.inc(sum(len(w.routing) for w in writes))
         m.deployments.inc(sum(len(w.deployments) for w in writes))
         m.dead_letters.inc(sum(len(w.dead_letters) for w in writes))
         m.snapshots.inc(sum(w.snapshot is not None for w in writes))
-        return lost
 
     def reset(self) -> None:
         """After a batch that can never commit: forget every state and prepared position, so

@@ -27,6 +27,10 @@ class WorkerSettings:
     """Seconds without a commit, while input is pending, after which /health says degraded."""
     probe_every: float = 2.0
     """Seconds between reachability probes of the database and the broker."""
+    max_lag_records: int = 20_000
+    """Input records applied and published but not yet stored, at most (the trail's lag)."""
+    max_lag_seconds: float = 5.0
+    """No batch is applied while the oldest unstored one is older than this."""
 
     @property
     def names(self) -> topics.TopicNames:

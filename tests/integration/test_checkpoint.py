@@ -1,7 +1,7 @@
 """The commit protocol's crash points and the owner's fence, deterministically.
 
 * A failure injected at each step of the protocol (``STAGEROUTE_CRASH_AT``: after applying,
-  after publishing, after the transaction, after the broker's acks), in a real worker process
+  after publishing, after the broker's acks, after the transaction), in a real worker process
   on the real broker and PostgreSQL, both runtimes; a restart then loses and doubles nothing.
 * The fence, driven step by step with two processors on one database: a worker that lost its
   partition writes nothing, and a collision is an error, never a silent no-op.
@@ -31,7 +31,7 @@ from tests.synthetic import default_config, synthetic_log
 pytestmark = pytest.mark.integration
 
 DOMAIN = "default"
-POINTS = ("applied", "published", "persisted", "acked")
+POINTS = ("applied", "published", "acked", "persisted")
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
