@@ -32,8 +32,11 @@ Infeasible instances never raise, as in RouteOPT:
 
 * ``sum(alpha) < 1``: every share is scaled by ``1 / sum(alpha)`` (status prefix ``caps_``);
 * no plan meets the budget: the cheapest plan within the shares, i.e. (4)'s left-hand side
-  minimised subject to (2)-(3), and among those the most rewarding (status
-  ``budget_infeasible``).
+  minimised subject to (2)-(3) (``least``), and among the plans that spend at most
+  ``least * (1 + 1e-12)`` the most rewarding (status ``budget_infeasible``).  The slack keeps
+  the second solve feasible under rounding; where two models' costs differ by ``d``, it may
+  buy ``least * 1e-12 / d`` of the dearer one.
+* a budget of 0 (the engine never sets one) is met by the cheapest plan when it spends 0.
 """
 
 from __future__ import annotations
@@ -56,8 +59,12 @@ FloatArray = NDArray[np.float64]
 
 #: A right-hand side below -this is infeasible (scaled units).
 _FEAS_TOL: Final = 1e-11
-#: Entries of the leaving row above -this are not pivot candidates.
-_PIVOT_TOL: Final = 1e-11
+#: Entries of the leaving row above -this (relative to its largest) are not pivot candidates.
+_PIVOT_TOL: Final = 1e-9
+#: The budget-infeasible plan may spend this much (relative) above the least spend.
+_LEAST_SLACK: Final = 1e-12
+#: Reduced costs within this of each other tie in the ratio test (reward units).
+_DUAL_TOL: Final = 1e-12
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +91,9 @@ def context_lp(mu: ArrayLike, cost: ArrayLike, freq: ArrayLike, alpha: ArrayLike
     if total < 1.0 - 1e-12:
         caps_ok = False
         caps = caps / total if total > 0.0 else np.ones_like(caps)
-    scaled = cost_a / budget if budget > 0.0 else None
-    solved = None if scaled is None else _dual_simplex(mu_a, scaled, f, caps)
+    solved = _dual_simplex(mu_a, cost_a / budget, f, caps) if budget > 0.0 else None
     status = OPTIMAL if caps_ok else CAPS_INFEASIBLE
+    price = 0.0
     if solved is None:
         # The least reachable spend: maximise -cost without the budget row (always feasible
         # once the shares can carry the traffic), then the most reward at that spend.
@@ -94,11 +101,12 @@ def context_lp(mu: ArrayLike, cost: ArrayLike, freq: ArrayLike, alpha: ArrayLike
         cheapest = _dual_simplex(-cost_a / norm, None, f, caps)
         assert cheapest is not None, "the shares' transport problem is feasible once scaled"
         least = math.fsum((f[:, None] * cheapest[0] * cost_a).ravel().tolist())
-        solved = _dual_simplex(mu_a, cost_a / (least * (1.0 + 1e-12)), f, caps)
-        if solved is None:  # only by rounding
+        if least > 0.0:
+            solved = _dual_simplex(mu_a, cost_a / (least * (1.0 + _LEAST_SLACK)), f, caps)
+        if solved is None:  # a budget of 0 met only at spend 0, or rounding
             solved = cheapest
-        status = BUDGET_INFEASIBLE if caps_ok else CAPS_BUDGET_INFEASIBLE
-        price = 0.0
+        if least > budget:
+            status = BUDGET_INFEASIBLE if caps_ok else CAPS_BUDGET_INFEASIBLE
     else:
         price = solved[2] / budget
     p, share_price, _, pivots = solved
@@ -182,11 +190,19 @@ def _dual_simplex(obj: FloatArray, cost: FloatArray | None, f: FloatArray, caps:
                 break
             r = int(min(infeasible.tolist(), key=basis.__getitem__))
         row = tab[r, :-1]
-        candidates = np.flatnonzero(row < -_PIVOT_TOL)
+        candidates = np.flatnonzero(row < -_PIVOT_TOL * max(1.0, float(-row.min())))
         if candidates.size == 0:
             return None
-        ratios = z[candidates] / -row[candidates]
-        j = int(candidates[int(np.argmin(ratios))])  # argmin: the first, i.e. lowest index
+        entries = -row[candidates]
+        reduced = np.maximum(z[candidates], 0.0)
+        ratios = reduced / entries
+        if stalled < limit:
+            # Harris: of the columns whose ratio is within the dual tolerance of the least,
+            # the largest entry.  A tiny pivot multiplies every rounding error by its inverse.
+            near = np.flatnonzero(ratios <= np.min((reduced + _DUAL_TOL) / entries))
+            j = int(candidates[near[int(np.argmax(entries[near]))]])
+        else:  # argmin: the first, i.e. lowest index (Bland)
+            j = int(candidates[int(np.argmin(ratios))])
         before = z[-1]
         _pivot(tab, r, j)
         basis[r] = j
