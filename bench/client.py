@@ -16,6 +16,11 @@ model, cost the model's mean cost), as a gateway would. Prints p50 / p99 / p99.9
 fallbacks (no decision within ``--timeout``) and the worker's consumer lag sampled every
 second (flat = the worker keeps up with the offered load).
 
+Then, as the reference measured in the same run (``--no-floor`` skips it), the same open loop
+through Kafka alone: an echo process copies each query to the decisions topic the moment it
+reads it, with the worker's consumer and producer settings and no work. Its round trip is the
+floor under any worker here (two broker hops, the asyncio client, the machine's load).
+
 Everything (broker, PostgreSQL, worker, this client) shares the machine's cores.
 """
 
@@ -24,10 +29,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
+import json
+import multiprocessing
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +75,7 @@ async def _drive(args: argparse.Namespace, bootstrap: str, prefix: str) -> None:
         for model in models:
             await client.model_arrived(model, 0.6)
         await client.stage_boundary(0)
-        feedback: list[asyncio.Task[bool]] = []
+        sent: list[bool] = []
         dues: dict[str, float] = {}
         received: dict[str, float] = {}
 
@@ -80,45 +89,166 @@ async def _drive(args: argparse.Namespace, bootstrap: str, prefix: str) -> None:
                 fell_back.append(route.fallback)
                 return
             reward = float(rng.random() < reward_of(task, route.model_id))
-            feedback.append(asyncio.ensure_future(client.feedback(
-                query_id, route.model_id, reward, float(mean_cost[route.model_id]))))
+            sent.append(await client.feedback(query_id, route.model_id, reward,
+                                              float(mean_cost[route.model_id])))
 
         for i in range(200):  # warm up: the run is created, the worker's producer started
             await one(f"warm-{i}", tasks[i % len(tasks)], time.time(), [], [])
+        gc.freeze()  # as a gateway would once started: see ``streams.client``
         for rate in args.rates:
-            count = int(rate * args.seconds)
-            latencies: list[float] = []
-            fell_back: list[str] = []
             lags: list[float] = []
             stop = asyncio.Event()
             sampler = asyncio.ensure_future(_lag_sampler(args.web_port, lags, stop))
-            running: list[asyncio.Task[None]] = []
-            start = time.time() + 0.1
-            for i in range(count):
-                due = start + i / rate
-                pause = due - time.time()
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                running.append(asyncio.ensure_future(one(
-                    f"r{rate}-{i}", tasks[i % len(tasks)], due, latencies, fell_back)))
-            offered = count / (time.time() - start)
-            await asyncio.gather(*running)
+            await _open_loop(rate, args.seconds, partial(_numbered, one, f"r{rate}-", tasks),
+                             "stageroute")
             stop.set()
             await sampler
-            lat = np.array(latencies)
-            p50, p99, p999 = np.percentile(lat, [50, 99, 99.9])
-            print(f"{rate:,.0f} queries/s offered ({offered:,.0f} reached by the sender, "
-                  f"{count:,} queries): round trip p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
-                  f"p99.9 {p999:.1f} ms, max {lat.max():.1f} ms; {len(fell_back)} fell back",
-                  flush=True)
             print(f"  worker consumer lag (records, every second): "
                   f"{' '.join(f'{x:.0f}' for x in lags)}", flush=True)
-        failed = [r for r in await asyncio.gather(*feedback, return_exceptions=True)
-                  if isinstance(r, BaseException)]
         await client.flush()
-        print(f"feedback: {len(feedback) - len(failed):,} sent, {len(failed)} failed "
-              f"{sorted({type(r).__name__ for r in failed})}", flush=True)
+        print(f"feedback: {sum(sent):,} sent and acknowledged", flush=True)
     _breakdown(bootstrap, prefix, args.rates, dues, received)
+
+
+async def _numbered(one: Callable[..., Awaitable[None]], prefix: str, tasks: list[str],
+                    i: int, due: float, out: list[float], fell_back: list[str]) -> None:
+    await one(f"{prefix}{i}", tasks[i % len(tasks)], due, out, fell_back)
+
+
+One = Callable[[int, float, list[float], list[str]], Awaitable[None]]
+
+
+async def _open_loop(rate: float, seconds: float, one: One, label: str) -> None:
+    """Start ``one(i, due, latencies, fell_back)`` at ``due = start + i / rate`` whatever
+    happened to the earlier ones; print the round trips' percentiles."""
+    count = int(rate * seconds)
+    latencies: list[float] = []
+    fell_back: list[str] = []
+    running: list[asyncio.Task[None]] = []
+    start = time.time() + 0.1
+    for i in range(count):
+        due = start + i / rate
+        pause = due - time.time()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        running.append(asyncio.ensure_future(one(i, due, latencies, fell_back)))
+    offered = count / (time.time() - start)
+    await asyncio.gather(*running)
+    lat = np.array(latencies)
+    p50, p99, p999 = np.percentile(lat, [50, 99, 99.9])
+    print(f"{label}: {rate:,.0f} queries/s offered ({offered:,.0f} reached by the sender, "
+          f"{count:,} queries): round trip p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+          f"p99.9 {p999:.1f} ms, max {lat.max():.1f} ms; {len(fell_back)} fell back",
+          flush=True)
+
+
+async def _floor(args: argparse.Namespace, bootstrap: str, prefix: str) -> None:
+    """The same open loop through Kafka alone: each query is published as ``Client`` does,
+    an echo process (``_echo``) copies it to the decisions topic at once, and the round trip
+    ends when the copy is read back; feedback is published on receipt. What this costs is the
+    floor under any worker on this machine: two broker hops and the asyncio client."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.errors import KafkaError
+
+    from schemas import Feedback, Query, QueryFeatures, encode
+    from streams import topics
+
+    names = topics.TopicNames(prefix)
+    ready = multiprocessing.get_context("spawn").Event()
+    echo = multiprocessing.get_context("spawn").Process(
+        target=_echo, args=(bootstrap, names.events, names.routing_decisions, ready),
+        daemon=True)
+    echo.start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=0,
+                                max_batch_size=256 * 1024)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, fetch_max_wait_ms=100)
+    await producer.start()
+    await consumer.start()
+    tp = TopicPartition(names.routing_decisions, 0)
+    consumer.assign([tp])
+    await consumer.seek_to_end(tp)
+    await consumer.position(tp)
+    pending: dict[str, asyncio.Future[str | None]] = {}
+
+    async def read() -> None:
+        while True:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                for record in records:
+                    future = pending.pop(json.loads(record.value)["query_id"], None)
+                    if future is not None and not future.done():
+                        future.set_result(None)
+
+    async def one(i: int, due: float, out: list[float], fell_back: list[str]) -> None:
+        query_id = f"floor-{due}-{i}"
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str | None] = loop.create_future()
+        pending[query_id] = future
+        deadline = loop.call_later(args.timeout, _expire, future)
+        try:
+            await producer.send(names.events, encode(Query(
+                domain=DOMAIN, time=time.time(), query_id=query_id,
+                features=QueryFeatures(task="mbpp"))), key=DOMAIN.encode())
+            outcome = await future
+        except KafkaError as exc:
+            outcome = type(exc).__name__
+        deadline.cancel()
+        pending.pop(query_id, None)
+        out.append((time.time() - due) * 1000.0)
+        if outcome is not None:
+            fell_back.append(outcome)
+            return
+        with contextlib.suppress(KafkaError):
+            await producer.send(names.events, encode(Feedback(
+                domain=DOMAIN, time=time.time(), query_id=query_id, model_id="m",
+                reward=1.0, cost=0.001)), key=DOMAIN.encode())
+
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, ready.wait, 60)
+        reader = asyncio.ensure_future(read())
+        for rate in args.rates:
+            await _open_loop(rate, args.seconds, one, "Kafka floor (echo)")
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+    finally:
+        echo.terminate()
+        await producer.stop()
+        await consumer.stop()
+
+
+def _expire(future: asyncio.Future[str | None]) -> None:
+    if not future.done():
+        future.set_result("timeout")
+
+
+def _echo(bootstrap: str, source: str, target: str, ready: Any) -> None:
+    """Copy every query on ``source`` to ``target`` as soon as it is read (the floor's
+    stand-in for the worker: the same consumer and producer settings, no work)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    async def run() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                    enable_auto_commit=False, fetch_max_wait_ms=2)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                    enable_idempotence=True, linger_ms=1,
+                                    max_batch_size=256 * 1024)
+        await consumer.start()
+        await producer.start()
+        tp = TopicPartition(source, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_end(tp)
+        await consumer.position(tp)
+        ready.set()
+        while True:
+            fetched = await consumer.getmany(timeout_ms=2, max_records=2000)
+            for records in fetched.values():
+                for record in records:
+                    if b'"type":"query"' in record.value:
+                        await producer.send(target, record.value, key=record.key)
+
+    asyncio.run(run())
 
 
 def _breakdown(bootstrap: str, prefix: str, rates: list[float], dues: dict[str, float],
@@ -185,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", choices=["faust", "aiokafka"], default="aiokafka")
     parser.add_argument("--batch-within", type=float, default=0.002,
                         help="seconds the worker waits to fill a batch")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the reference run through Kafka alone (an echo process)")
     parser.add_argument("--bootstrap")
     parser.add_argument("--db-url")
     parser.add_argument("--web-port", type=int, default=16079)
@@ -201,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
                      "--batch-within", str(args.batch_within)):
         print(f"runtime {args.runtime}, --batch-within {args.batch_within}", flush=True)
         asyncio.run(_drive(args, bootstrap, names.prefix))
+    if args.floor:
+        floor = topics.TopicNames(f"fl{uuid.uuid4().hex[:8]}")
+        topics.create_topics(bootstrap, topics.specs(1, 1, floor))
+        asyncio.run(_floor(args, bootstrap, floor.prefix))
     return 0
 
 

@@ -21,6 +21,20 @@ gateway served, so ``feedback`` for a query that fell back is not sent (it would
 spent by the budget ledger, until the engine forgets it (``max_tracked_queries``,
 ``query_ttl``).
 
+**One sender.** Every event goes through one outbox, published in call order by one
+sender task: ``route`` never waits on the producer (a broker outage or a full producer
+buffer makes it fall back at its deadline, not hang), and no task is created per query.
+``feedback`` and the inventory calls are queued the same way; ``feedback`` returns once
+queued, ``publish`` and the inventory calls once the broker acknowledged, ``flush`` once
+everything queued so far is acknowledged. More than ``MAX_OUTBOX`` queries waiting to be
+sent (the broker unreachable) fall back at once (``unsent (backlog)``).
+
+**Garbage collection.** A gateway process holds a large, long-lived heap (its framework,
+this client, pydantic's schemas); CPython's full collections walk all of it and stall the
+event loop for tens to hundreds of milliseconds, which every pending ``route`` waits out.
+Call ``gc.freeze()`` once the gateway is started (as the worker does after each partition
+claim): long-lived objects are then skipped by every later collection.
+
 **Which partitions an instance reads.** Decisions and dead letters are keyed by domain, so a
 domain's are on one partition of each output topic: the one its key hashes to (Kafka's murmur2,
 the same partition number as its inputs). A client reads only the partitions of the domains it
@@ -41,7 +55,7 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -71,6 +85,8 @@ DEFAULT_TIMEOUT: Final = 0.5
 """Seconds ``route`` waits for a decision before it falls back."""
 FALLBACKS_REMEMBERED: Final = 100_000
 """Query ids of fallbacks remembered, so that their feedback is not sent."""
+MAX_OUTBOX: Final = 100_000
+"""Queries waiting to be sent beyond which ``route`` falls back at once."""
 
 
 class NoDecision(RuntimeError):
@@ -116,7 +132,10 @@ class Client:
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[tuple[str, str], asyncio.Future[RoutingDecision | str]] = {}
         self._fallbacks: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._sending: set[asyncio.Task[RoutingDecision | str]] = set()
+        self._outbox: deque[_Outgoing] = deque()
+        self._queued_queries = 0
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
         self.partitions: list[int] = []
         """Partition numbers of the output topics this client reads."""
 
@@ -156,8 +175,17 @@ class Client:
         for tp in tps:  # resolve the end now, not at the first fetch
             await consumer.position(tp)
         self._reader = asyncio.ensure_future(self._read())
+        self._sender = asyncio.ensure_future(self._send_forever())
 
     async def stop(self) -> None:
+        """Send what is queued (waiting up to the timeout for it), then disconnect."""
+        if self._sender is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._sent_so_far(), self.timeout)
+            self._sender.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sender
+            self._sender = None
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(BaseException):
@@ -185,29 +213,29 @@ class Client:
                     domain: str | None = None, *, timeout: float | None = None) -> Route:
         """Publish the query and await its decision (see the module docstring for the
         timeout and the fallback)."""
+        if self._sender is None:
+            raise RuntimeError("the client is not started (use `async with Client(...)`)")
         domain = domain or self.default_domain
         query = Query(domain=domain, time=self.clock(), query_id=query_id, features=features)
         key = (domain, query_id)
         if key in self._pending:
             raise ValueError(f"query {query_id!r} of domain {domain!r} is already pending")
-        future: asyncio.Future[RoutingDecision | str] = \
-            asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        # One deadline for publishing and deciding (a producer whose buffer is full must not
-        # hold the gateway longer than a slow worker may); at the deadline the query is still
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[RoutingDecision | str] = loop.create_future()
+        if self._queued_queries >= MAX_OUTBOX:
+            future.set_result("unsent (backlog)")
+        else:
+            self._pending[key] = future
+            self._queue(_Outgoing(encode(query), domain.encode(), decision=future))
+            self._queued_queries += 1
+        # One deadline for publishing and deciding; at the deadline a queued query is still
         # sent, only its decision is no longer awaited.
-        task = asyncio.ensure_future(self._decide(query, future))
-        self._sending.add(task)
-        task.add_done_callback(self._sent)
+        deadline = loop.call_later(self.timeout if timeout is None else timeout,
+                                   _settle, future, "timeout")
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(task),
-                                             self.timeout if timeout is None else timeout)
-        except TimeoutError:
-            outcome = "timeout"
-            future.cancel()
-        except KafkaError as exc:
-            outcome = f"unsent ({type(exc).__name__})"
+            outcome = await future
         finally:
+            deadline.cancel()
             self._pending.pop(key, None)
         if isinstance(outcome, RoutingDecision):
             return Route(outcome.model_id, outcome)
@@ -218,26 +246,16 @@ class Client:
             self._fallbacks.popitem(last=False)
         return Route(self.fallback_model, None, outcome)
 
-    def _sent(self, task: asyncio.Task[Any]) -> None:
-        self._sending.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # retrieved, and said
-            log.debug("query not published: %r", task.exception())
-
-    async def _decide(self, query: Query,
-                      future: asyncio.Future[RoutingDecision | str]) -> RoutingDecision | str:
-        sent = await self._send(query)
-        sent.add_done_callback(lambda f: _fail_on_error(f, future))
-        return await future
-
     async def feedback(self, query_id: str, model_id: str, reward: float, cost: float,
                        domain: str | None = None) -> bool:
-        """Publish the outcome of a routed query; False (nothing sent) for a query that fell
-        back. Returns once the producer has it (``flush`` waits for the broker)."""
+        """Queue the outcome of a routed query for publishing; False (nothing queued) for a
+        query that fell back. ``flush`` waits until the broker has it."""
         domain = domain or self.default_domain
         if (domain, query_id) in self._fallbacks:
             return False
-        await self._send(Feedback(domain=domain, time=self.clock(), query_id=query_id,
-                                  model_id=model_id, reward=reward, cost=cost))
+        self._queue(_Outgoing(encode(Feedback(
+            domain=domain, time=self.clock(), query_id=query_id, model_id=model_id,
+            reward=reward, cost=cost)), domain.encode()))
         return True
 
     # --- inventory and stages --------------------------------------------------------------
@@ -260,22 +278,59 @@ class Client:
                                          time=self.clock(), stage=stage))
 
     async def publish(self, event: Event) -> None:
-        """Publish any event and wait for the broker's ack."""
-        await (await self._send(event))
+        """Publish any event (after what is queued) and wait for the broker's ack."""
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue(_Outgoing(encode(event), event.domain.encode(), acked=acked))
+        await acked
 
     async def flush(self) -> None:
-        """Wait until everything sent so far is acknowledged by the broker."""
+        """Wait until everything queued so far is acknowledged by the broker."""
+        await self._sent_so_far()
         if self._producer is not None:
             await self._producer.flush()
 
     # --- internals -------------------------------------------------------------------------
 
-    async def _send(self, event: Event) -> asyncio.Future[Any]:
-        if self._producer is None:
+    def _queue(self, outgoing: _Outgoing) -> None:
+        if self._sender is None:
             raise RuntimeError("the client is not started (use `async with Client(...)`)")
-        sent: asyncio.Future[Any] = await self._producer.send(
-            self.names.events, value=encode(event), key=event.domain.encode())
-        return sent
+        self._outbox.append(outgoing)
+        self._wake.set()
+
+    async def _sent_so_far(self) -> None:
+        """Return once the sender has handed everything queued so far to the producer."""
+        marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue(_Outgoing(b"", b"", handed=marker))
+        await marker
+
+    async def _send_forever(self) -> None:
+        """Hand the outbox to the producer in order; a send error settles what waits on it."""
+        assert self._producer is not None
+        send, topic, outbox = self._producer.send, self.names.events, self._outbox
+        while True:
+            if not outbox:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            item = outbox.popleft()
+            if item.handed is not None:
+                _settle(item.handed, None)
+                continue
+            if item.decision is not None:
+                self._queued_queries -= 1
+                if item.decision.done():  # timed out while queued: sent all the same
+                    item.decision = None
+            try:
+                sent = await send(topic, value=item.value, key=item.key)
+            except KafkaError as exc:
+                item.failed(exc)
+                continue
+            except Exception as exc:  # e.g. a message larger than the broker takes
+                log.warning("event not published: %r", exc)
+                item.failed(exc)
+                continue
+            if item.decision is not None or item.acked is not None:
+                sent.add_done_callback(item.delivered)
 
     async def _read(self) -> None:
         assert self._consumer is not None
@@ -314,9 +369,34 @@ class Client:
                     future.set_result(str(doc["reason"]))
 
 
-def _fail_on_error(sent: asyncio.Future[Any], decision: asyncio.Future[Any]) -> None:
-    if not sent.cancelled() and sent.exception() is not None and not decision.done():
-        decision.set_exception(sent.exception())  # type: ignore[arg-type]
+@dataclass(slots=True)
+class _Outgoing:
+    """One event in the outbox and who waits on it: a ``route`` (``decision``, told when
+    sending fails), a ``publish`` (``acked``), or ``flush`` (``handed``, a marker)."""
+
+    value: bytes
+    key: bytes
+    decision: asyncio.Future[RoutingDecision | str] | None = None
+    acked: asyncio.Future[None] | None = None
+    handed: asyncio.Future[None] | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        if self.decision is not None:
+            _settle(self.decision, f"unsent ({type(exc).__name__})")
+        if self.acked is not None and not self.acked.done():
+            self.acked.set_exception(exc)
+
+    def delivered(self, sent: asyncio.Future[Any]) -> None:
+        error = None if sent.cancelled() else sent.exception()
+        if sent.cancelled() or error is not None:
+            self.failed(error or asyncio.CancelledError())
+        elif self.acked is not None:
+            _settle(self.acked, None)
+
+
+def _settle(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 class SyncClient:

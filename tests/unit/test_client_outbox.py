@@ -1,0 +1,80 @@
+"""The client's outbox without a broker: what a gateway sees when the producer stalls or
+fails (the real broker and worker are in tests/integration/test_client.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+
+import streams.client
+from streams.client import Client
+
+
+class StalledProducer:
+    """``send`` records the event, then blocks (``stall``) or raises (``error``)."""
+
+    def __init__(self, stall: bool = False, error: Exception | None = None) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.stall, self.error = stall, error
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
+        self.sent.append(json.loads(value))
+        if self.error is not None:
+            raise self.error
+        if self.stall:
+            await asyncio.Event().wait()
+        acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        acked.set_result(None)
+        return acked
+
+
+async def _client(producer: StalledProducer, **options: Any) -> Client:
+    client = Client("unused:9092", fallback_model="small", **options)
+    client._producer = producer  # type: ignore[assignment]
+    client._sender = asyncio.ensure_future(client._send_forever())
+    return client
+
+
+def test_a_stalled_producer_makes_route_fall_back_at_its_deadline() -> None:
+    async def scenario() -> tuple[Any, float]:
+        client = await _client(StalledProducer(stall=True), timeout=0.05)
+        started = time.monotonic()
+        route = await client.route("q1")
+        return route, time.monotonic() - started
+
+    route, waited = asyncio.run(scenario())
+    assert (route.model_id, route.fallback) == ("small", "timeout")
+    assert waited < 1.0, "route never waits on the producer"
+
+
+def test_a_full_outbox_falls_back_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams.client, "MAX_OUTBOX", 2)
+
+    async def scenario() -> list[str | None]:
+        client = await _client(StalledProducer(stall=True), timeout=0.2)
+        routes = await asyncio.gather(*(client.route(f"q{i}") for i in range(4)))
+        return [r.fallback for r in routes]
+
+    # The four are queued before the sender runs: q0 and q1 fill the outbox (and time out
+    # behind the stalled producer), q2 and q3 find it full.
+    assert asyncio.run(scenario()) == ["timeout", "timeout", "unsent (backlog)",
+                                       "unsent (backlog)"]
+
+
+def test_a_send_error_falls_back_with_its_reason_and_order_is_kept() -> None:
+    producer = StalledProducer(error=KafkaConnectionError())
+
+    async def scenario() -> Any:
+        client = await _client(producer, timeout=5.0)
+        await client.feedback("q0", "large", 1.0, 0.01)
+        return await client.route("q1")
+
+    route = asyncio.run(scenario())
+    assert (route.model_id, route.fallback) == ("small", "unsent (KafkaConnectionError)")
+    assert [(e["type"], e["query_id"]) for e in producer.sent] == [
+        ("feedback", "q0"), ("query", "q1")], "published in call order"
