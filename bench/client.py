@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.drain import _metric, live_worker
-from bench.stream import _fresh_database, _start
+from bench.drain import _metric
+from bench.stream import _fresh_database, _start, live_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = "gw"

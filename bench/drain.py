@@ -24,28 +24,13 @@ Everything (broker, PostgreSQL, worker, this process) shares the machine's cores
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
-from bench.stream import (
-    _drop_database,
-    _fresh_database,
-    _start,
-    _wait_health,
-    topics_admin_cleanup,
-)
+from bench.stream import _fresh_database, _start, live_worker
 
-ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = "drain"
 
 
@@ -61,39 +46,6 @@ def _metric(port: int, name: str) -> float:
     except OSError:
         pass
     return total
-
-
-@contextmanager
-def live_worker(bootstrap: str, db_url: str, names: Any, config: Any, runtime: str,
-                web_port: int, *options: str,
-                env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """``stageroute worker`` on ``names``' topics and the database ``db_url``, healthy on
-    ``web_port``; on the way out it is stopped (SIGTERM) and the topics and the database
-    dropped (unless ``STAGEROUTE_BENCH_KEEP`` is set). Its log is in a temporary directory."""
-    work = Path(tempfile.mkdtemp(prefix="stageroute-bench-"))
-    (work / "engine.json").write_text(config.model_dump_json())
-    worker_log = (work / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", "--engine-config",
-         str(work / "engine.json"), "--run-id", f"bench-{names.prefix}", "--bootstrap",
-         bootstrap, "--db-url", db_url, "--topic-prefix", names.prefix, "--web-port",
-         str(web_port), "--log-level", "warning", "--runtime", runtime, *options],
-        cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    try:
-        _wait_health(web_port)
-        yield worker
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        worker_log.close()
-        print(f"  (worker log: {work / 'worker.log'})", flush=True)
-        if os.environ.get("STAGEROUTE_BENCH_KEEP") is None:
-            topics_admin_cleanup(bootstrap, names)
-            _drop_database(db_url)
 
 
 def _decision_times(bootstrap: str, topic: str, expected: int) -> list[float]:

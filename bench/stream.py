@@ -36,7 +36,10 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,6 +134,39 @@ class DecisionReader(threading.Thread):
         self.consumer.close()
 
 
+@contextmanager
+def live_worker(bootstrap: str, db_url: str, names: Any, config: Any, runtime: str,
+                web_port: int, *options: str,
+                env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``stageroute worker`` on ``names``' topics and the database ``db_url``, healthy on
+    ``web_port``; on the way out it is stopped (SIGTERM) and the topics and the database
+    dropped (unless ``STAGEROUTE_BENCH_KEEP`` is set). Its log is in a temporary directory."""
+    work = Path(tempfile.mkdtemp(prefix="stageroute-bench-"))
+    (work / "engine.json").write_text(config.model_dump_json())
+    worker_log = (work / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker", "--engine-config",
+         str(work / "engine.json"), "--run-id", f"bench-{names.prefix}", "--bootstrap",
+         bootstrap, "--db-url", db_url, "--topic-prefix", names.prefix, "--web-port",
+         str(web_port), "--log-level", "warning", "--runtime", runtime, *options],
+        cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    try:
+        _wait_health(web_port)
+        yield worker
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        worker_log.close()
+        print(f"  (worker log: {work / 'worker.log'})", flush=True)
+        if os.environ.get("STAGEROUTE_BENCH_KEEP") is None:
+            topics_admin_cleanup(bootstrap, names)
+            _drop_database(db_url)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,97 +198,79 @@ def main(argv: list[str] | None = None) -> int:
     print(f"building logs ({args.queries} + {args.latency_queries} queries) ...", flush=True)
     log = synthetic_log(args.queries, config, domain="tput")
     lat_log = synthetic_log(args.latency_queries, config, domain="lat", seed=1)
-    work = Path(tempfile.mkdtemp(prefix="stageroute-bench-"))
-    (work / "engine.json").write_text(config.model_dump_json())
     run_name = f"bench-{prefix}"
-    worker_log = (work / "worker.log").open("w")  # open as long as the worker runs
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", "--engine-config",
-         str(work / "engine.json"), "--run-id", run_name, "--bootstrap", bootstrap,
-         "--db-url", db_url, "--topic-prefix", prefix, "--web-port", str(args.web_port),
-         "--batch-size", str(args.batch_size), "--batch-within", str(args.batch_within),
-         "--log-level", "warning",
-         "--runtime", args.runtime],
-        cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT)
     store = AuditStore(db_url)
-    try:
-        _wait_health(args.web_port)
-        producer = make_producer(bootstrap, linger_ms=int(os.environ.get("LG", "5")))
-        # Warm up: the worker's first batch loads the run and starts its producer.
-        producer.send(names.events, key=b"tput", value=encode(log[0]))
-        producer.flush()
-        run_id = live_run_id(run_name, "tput")
-        while _committed(store, run_id, "event_journal") == 0:
-            time.sleep(0.05)
-        time.sleep(1.0)
+    with live_worker(bootstrap, db_url, names, config, args.runtime, args.web_port,
+                     "--batch-size", str(args.batch_size),
+                     "--batch-within", str(args.batch_within)) as worker:
+            producer = make_producer(bootstrap, linger_ms=5)
+            # Warm up: the worker's first batch loads the run and starts its producer.
+            producer.send(names.events, key=b"tput", value=encode(log[0]))
+            producer.flush()
+            run_id = live_run_id(run_name, "tput")
+            while _committed(store, run_id, "event_journal") == 0:
+                time.sleep(0.05)
+            time.sleep(1.0)
 
-        # 1. throughput
-        started = time.time()
-        for event in log[1:]:
-            producer.send(names.events, key=b"tput", value=encode(event))
-        producer.flush()
-        published = time.time()
-        queries = sum(1 for e in log if e.type == "query")
-        while _committed(store, run_id) < queries:
-            if worker.poll() is not None:
-                raise RuntimeError(f"worker exited; see {work / 'worker.log'}")
-            time.sleep(0.02)
-        finished = time.time()
-        qps = queries / (finished - started)
-        print(f"throughput: {queries} queries ({len(log)} events) in {finished - started:.2f} s "
-              f"= {qps:,.0f} queries/s sustained end to end "
-              f"(publishing alone took {published - started:.2f} s = "
-              f"{len(log) / (published - started):,.0f} events/s)", flush=True)
+            # 1. throughput
+            started = time.time()
+            for event in log[1:]:
+                producer.send(names.events, key=b"tput", value=encode(event))
+            producer.flush()
+            published = time.time()
+            queries = sum(1 for e in log if e.type == "query")
+            while _committed(store, run_id) < queries:
+                if worker.poll() is not None:
+                    raise RuntimeError("worker exited; see its log")
+                time.sleep(0.02)
+            finished = time.time()
+            qps = queries / (finished - started)
+            print(f"throughput: {queries} queries ({len(log)} events) in "
+                  f"{finished - started:.2f} s "
+                  f"= {qps:,.0f} queries/s sustained end to end "
+                  f"(publishing alone took {published - started:.2f} s = "
+                  f"{len(log) / (published - started):,.0f} events/s)", flush=True)
 
-        # 2. latency at a fixed offered load
-        reader = DecisionReader(bootstrap, names.routing_decisions)
-        reader.start()
-        sent: dict[str, float] = {}
-        origin = time.time() + 0.5
-        n = 0
-        for event in lat_log:
-            if event.type == "query":
-                due = origin + n / args.rate
-                pause = due - time.time()
-                if pause > 0:
-                    time.sleep(pause)
-                n += 1
-                sent[event.query_id] = time.time()
-            producer.send(names.events, key=b"lat", value=encode(event))
-        producer.flush()
-        offered = n / (time.time() - origin)
-        deadline = time.time() + 30
-        while len(reader.seen) < len(sent) and time.time() < deadline:
-            time.sleep(0.1)
-        reader.stop.set()
-        latencies = sorted((reader.seen[q] - t) * 1000.0 for q, t in sent.items()
-                           if q in reader.seen)
-        missing = len(sent) - len(latencies)
-        q = statistics.quantiles(latencies, n=100)
-        print(f"latency at {offered:,.0f} queries/s offered ({len(latencies)} decisions, "
-              f"{missing} missing): p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, "
-              f"max {latencies[-1]:.1f} ms", flush=True)
-        applied = _applied_at(store, live_run_id(run_name, "lat"))
-        stage = sorted((applied[q] - t) * 1000.0 for q, t in sent.items() if q in applied)
-        if stage:
-            qa = statistics.quantiles(stage, n=100)
-            print(f"  of which publish -> batch applied: p50 {qa[49]:.1f} ms, "
-                  f"p99 {qa[98]:.1f} ms", flush=True)
-        with urllib.request.urlopen(f"http://127.0.0.1:{args.web_port}/metrics") as r:
-            metrics = r.read().decode()
-        batches = [line for line in metrics.splitlines() if line.startswith("stageroute_b")]
-        print("worker: " + "; ".join(batches))
-        producer.close()
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        store.close()
-        if os.environ.get("STAGEROUTE_BENCH_KEEP") is None:
-            topics_admin_cleanup(bootstrap, names)
-            _drop_database(db_url)
+            # 2. latency at a fixed offered load
+            reader = DecisionReader(bootstrap, names.routing_decisions)
+            reader.start()
+            sent: dict[str, float] = {}
+            origin = time.time() + 0.5
+            n = 0
+            for event in lat_log:
+                if event.type == "query":
+                    due = origin + n / args.rate
+                    pause = due - time.time()
+                    if pause > 0:
+                        time.sleep(pause)
+                    n += 1
+                    sent[event.query_id] = time.time()
+                producer.send(names.events, key=b"lat", value=encode(event))
+            producer.flush()
+            offered = n / (time.time() - origin)
+            deadline = time.time() + 30
+            while len(reader.seen) < len(sent) and time.time() < deadline:
+                time.sleep(0.1)
+            reader.stop.set()
+            latencies = sorted((reader.seen[q] - t) * 1000.0 for q, t in sent.items()
+                               if q in reader.seen)
+            missing = len(sent) - len(latencies)
+            q = statistics.quantiles(latencies, n=100)
+            print(f"latency at {offered:,.0f} queries/s offered ({len(latencies)} decisions, "
+                  f"{missing} missing): p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, "
+                  f"max {latencies[-1]:.1f} ms", flush=True)
+            applied = _applied_at(store, live_run_id(run_name, "lat"))
+            stage = sorted((applied[q] - t) * 1000.0 for q, t in sent.items() if q in applied)
+            if stage:
+                qa = statistics.quantiles(stage, n=100)
+                print(f"  of which publish -> batch applied: p50 {qa[49]:.1f} ms, "
+                      f"p99 {qa[98]:.1f} ms", flush=True)
+            with urllib.request.urlopen(f"http://127.0.0.1:{args.web_port}/metrics") as r:
+                metrics = r.read().decode()
+            batches = [line for line in metrics.splitlines() if line.startswith("stageroute_b")]
+            print("worker: " + "; ".join(batches))
+            producer.close()
+    store.close()
     return 0
 
 
