@@ -115,7 +115,7 @@ def solve_lists(
     if total_cap < 1.0 - _REL_TOL:
         caps_ok = False
         caps = [a / total_cap for a in caps] if total_cap > 0.0 else [1.0] * n
-    limit = b + _REL_TOL * max(b, max(cost), -min(cost))
+    limit = budget_limit(b, cost)
     ok, infeasible = (OPTIMAL, BUDGET_INFEASIBLE) if caps_ok else (
         CAPS_INFEASIBLE, CAPS_BUDGET_INFEASIBLE)
 
@@ -133,6 +133,13 @@ def solve_lists(
         p[j] = caps[j] if step == room else p[j] + step
         spent -= step * saving
     return p, ok
+
+
+def budget_limit(b: float, cost: Sequence[float]) -> float:
+    """The largest spend that meets budget ``b`` (rounding: sums of exact vertices land a
+    few ulps off). Whoever decides whether a mix fits the budget uses this, so that the
+    engine and RouteOPT never disagree about a mix that costs ``b`` up to rounding."""
+    return b + _REL_TOL * max(b, max(cost), -min(cost))
 
 
 def cheapest_mix_cost(cost: Sequence[float], caps: Sequence[float],

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from solvers.route_opt import cheapest_mix_cost
+from solvers.route_opt import budget_limit, cheapest_mix_cost
 
 
 @dataclass(slots=True)
@@ -88,7 +88,7 @@ def plan(ledger: Ledger, budget: float, cost: list[float], risk: list[float],
     """
     by_cost = sorted(range(len(cost)), key=cost.__getitem__)
     cheapest = cheapest_mix_cost(cost, alpha, by_cost)
-    if budget < cheapest:
+    if cheapest > budget_limit(budget, cost):
         return Plan(alpha, budget, True)
     return limits(ledger, budget, budget, cost, risk, alpha, overdraft, reserve, window,
                   by_cost, cheapest)

@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from schemas import RoutingDecision, encode
@@ -222,6 +222,13 @@ def run_market(market: dict[str, Any]) -> tuple[EngineConfig, list[Any], list[An
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(market=markets())
+# Found by this property: a cost estimate 3e-15 above the budget made the ledger take the
+# "budget below every mix" branch (no rule 1) while RouteOPT, within its rounding tolerance,
+# called the mix feasible; both now use ``budget_limit``.
+@example(market={"prices": [1.7998408261980834, 0.17998408261980833], "alpha": [0.3, 0.3],
+                 "budget": 8.999204130990417, "horizon": 50, "noise": 0.0, "delay": 2,
+                 "known": False, "m_max": 1, "seed": 0, "policy": "stageroute",
+                 "task_cost": (1.0, 10.0)})
 def test_ledger_holds_and_every_decision_replays(market: dict[str, Any]) -> None:
     config, journal, outputs, held = run_market(market)
     # Rule 1 after every decision: committed spend within (1 + eps) b n, whatever the noise,
