@@ -10,16 +10,16 @@ pending query, resolved by the consumer); ``SyncClient`` wraps it for threaded c
         await client.feedback("q-1", route.model_id, reward=1.0, cost=0.0012, domain="eu")
 
 **Timeout and fallback.** ``route`` waits ``timeout`` seconds (default 0.5) for publishing the
-query and receiving its decision. Without a decision by then, when the query could not be
-published (``unsent (...)``, a broker error), or when the worker rejects the query (a dead
-letter: ``no_models``, ``duplicate_query``, ...), it returns the ``fallback_model`` with
-``fallback`` set to why; with no fallback model configured it raises ``NoDecision``. A query
-that was published is in the log either way, so the worker still decides it (late) and
-stores that decision: its model is not the fallback the
-gateway served, so ``feedback`` for a query that fell back is not sent (it would be a
-``model_mismatch`` dead letter); the query stays awaiting feedback, its cost estimate counted as
-spent by the budget ledger, until the engine forgets it (``max_tracked_queries``,
-``query_ttl``).
+query and receiving its decision. Without a decision by then (``timeout``), when the query
+could not be published (``unsent (...)``: a broker error, a full outbox), when the worker
+rejects it (a dead letter: ``no_models``, ``duplicate_query``, ...) or when the client stops
+first (``stopped``), it returns the ``fallback_model`` with ``fallback`` set to why; with no
+fallback model configured it raises ``NoDecision``. A query that was published is in the log
+either way, so the worker still decides it (late) and stores that decision: its model is not
+the fallback the gateway served, so ``feedback`` for a query that fell back is not sent (it
+would be a ``model_mismatch`` dead letter); the query stays awaiting feedback, its cost
+estimate counted as spent by the budget ledger, until the engine forgets it
+(``max_tracked_queries``, ``query_ttl``).
 
 **One sender.** Every event goes through one outbox, published in call order by one
 sender task: ``route`` never waits on the producer (a broker outage or a full producer
@@ -98,10 +98,14 @@ class NoDecision(RuntimeError):
         self.reason = reason
 
 
+class ClientStopped(RuntimeError):
+    """The client stopped before an event it had queued was sent."""
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """Where a query goes: ``model_id``; ``decision`` is the worker's (None on a fallback) and
-    ``fallback`` why it fell back (``"timeout"`` or a dead letter's reason), else None."""
+    ``fallback`` why it fell back (see the module docstring), else None."""
 
     model_id: str
     decision: RoutingDecision | None
@@ -186,13 +190,15 @@ class Client:
             with contextlib.suppress(BaseException):
                 await self._sender
             self._sender = None
+            while self._outbox:  # not sent in time: whoever waits on it is told
+                self._outbox.popleft().failed(ClientStopped())
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(BaseException):
                 await self._reader
             self._reader = None
         for future in self._pending.values():
-            future.cancel()
+            _settle(future, "stopped")
         if self._producer is not None:
             await self._producer.stop()  # sends what is buffered first
             self._producer = None
@@ -383,8 +389,9 @@ class _Outgoing:
     def failed(self, exc: BaseException) -> None:
         if self.decision is not None:
             _settle(self.decision, f"unsent ({type(exc).__name__})")
-        if self.acked is not None and not self.acked.done():
-            self.acked.set_exception(exc)
+        for waiting in (self.acked, self.handed):
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(exc)
 
     def delivered(self, sent: asyncio.Future[Any]) -> None:
         error = None if sent.cancelled() else sent.exception()

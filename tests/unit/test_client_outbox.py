@@ -32,6 +32,9 @@ class StalledProducer:
         acked.set_result(None)
         return acked
 
+    async def stop(self) -> None:
+        pass
+
 
 async def _client(producer: StalledProducer, **options: Any) -> Client:
     client = Client("unused:9092", fallback_model="small", **options)
@@ -78,3 +81,17 @@ def test_a_send_error_falls_back_with_its_reason_and_order_is_kept() -> None:
     assert (route.model_id, route.fallback) == ("small", "unsent (KafkaConnectionError)")
     assert [(e["type"], e["query_id"]) for e in producer.sent] == [
         ("feedback", "q0"), ("query", "q1")], "published in call order"
+
+
+def test_stopping_tells_whoever_waits_on_what_was_not_sent() -> None:
+    async def scenario() -> tuple[Any, BaseException | None]:
+        client = await _client(StalledProducer(stall=True), timeout=0.05)
+        route = asyncio.ensure_future(client.route("q1", timeout=10.0))
+        publish = asyncio.ensure_future(client.stage_boundary(1))
+        await asyncio.sleep(0.01)  # q1 is with the stalled producer, the stage queued
+        await client.stop()
+        return await route, (await asyncio.gather(publish, return_exceptions=True))[0]
+
+    route, published = asyncio.run(scenario())
+    assert (route.model_id, route.fallback) == ("small", "stopped")
+    assert isinstance(published, streams.client.ClientStopped)
