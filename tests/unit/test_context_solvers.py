@@ -65,8 +65,8 @@ def _cells(shape: tuple[int, int], cells: list[tuple[int, int, float]]) -> np.nd
     return out
 
 
-# Found by the property above: costs 1 and 0.9999999 with all-zero (or tied) rewards made the
-# dual ratio test pivot on entries of 3e-6 and then 9e-10, and the tableau blew up.
+# Found by the property above. The first three: costs 1 and 0.9999999 with all-zero (or tied)
+# rewards made the dual ratio test pivot on entries of 3e-6 and then 9e-10, and the tableau blew up.
 NEAR_DEGENERATE = [
     (_cells((6, 6), [(2, 3, 1.0), (3, 4, 1.0), (3, 5, 0.9999999), (5, 5, 0.1)]),
      _cells((6, 6), [(1, 1, 0.1), (2, 3, 1.0), (3, 4, 1.0), (3, 5, 0.9999999)]),
@@ -81,6 +81,11 @@ NEAR_DEGENERATE = [
     (np.zeros((3, 4)), _cells((3, 4), [(2, 1, 1.0), (2, 2, 0.9999999)]),
      np.array([0.21311475409836064, 0.5245901639344263, 0.26229508196721313]),
      np.full(4, 0.1), 0.0078125),
+    # Rewards 1 and 0.9999999: GLOP at its default tolerances stopped 1.3e-8 below the optimum.
+    (_cells((5, 6), [(0, 0, 0.75), (0, 2, 0.9999999), (0, 5, 1.0)]),
+     _cells((5, 6), [(0, 0, 0.00390625), (0, 2, 1.0), (0, 5, 1.0), (4, 3, 0.5), (4, 4, 1.0),
+                     (4, 5, 1.0)]),
+     np.array([7.0, 8.0, 4.0, 4.0, 6.0]) / 29.0, np.array([0.1, 0.1, 0.25, 0.1, 0.1, 0.1]), 1.0),
 ]
 
 
