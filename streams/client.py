@@ -25,9 +25,11 @@ estimate counted as spent by the budget ledger, until the engine forgets it
 sender task: ``route`` never waits on the producer (a broker outage or a full producer
 buffer makes it fall back at its deadline, not hang), and no task is created per query.
 ``feedback`` and the inventory calls are queued the same way; ``feedback`` returns once
-queued, ``publish`` and the inventory calls once the broker acknowledged, ``flush`` once
-everything queued so far is acknowledged. More than ``MAX_OUTBOX`` queries waiting to be
-sent (the broker unreachable) fall back at once (``unsent (backlog)``).
+queued, ``publish`` and the inventory calls once the broker acknowledged (or raise), ``flush``
+once everything queued so far was acknowledged or failed: feedback nobody waits on that could
+not be published (or was still queued at ``stop``) is logged and counted, and the next
+``flush`` raises ``FeedbackLost``. More than ``MAX_OUTBOX`` queries waiting to be sent (the
+broker unreachable) fall back at once (``unsent (backlog)``).
 
 **Garbage collection.** A gateway process holds a large, long-lived heap (its framework,
 this client, pydantic's schemas); CPython's full collections walk all of it and stall the
@@ -102,6 +104,16 @@ class ClientStopped(RuntimeError):
     """The client stopped before an event it had queued was sent."""
 
 
+class FeedbackLost(RuntimeError):
+    """Feedback queued since the last ``flush`` was not published (``count`` events; ``cause``
+    the first error)."""
+
+    def __init__(self, count: int, cause: BaseException) -> None:
+        super().__init__(f"{count} feedback event(s) not published, first: {cause!r}")
+        self.count = count
+        self.cause = cause
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """Where a query goes: ``model_id``; ``decision`` is the worker's (None on a fallback) and
@@ -138,6 +150,7 @@ class Client:
         self._fallbacks: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._outbox: deque[_Outgoing] = deque()
         self._queued_queries = 0
+        self._lost: list[BaseException] = []  # feedback not published since the last flush
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self.partitions: list[int] = []
@@ -186,19 +199,20 @@ class Client:
         if self._sender is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._sent_so_far(), self.timeout)
+            for future in self._pending.values():  # queued or in flight: 'stopped' either way
+                _settle(future, "stopped")
             self._sender.cancel()
             with contextlib.suppress(BaseException):
                 await self._sender
             self._sender = None
             while self._outbox:  # not sent in time: whoever waits on it is told
                 self._outbox.popleft().failed(ClientStopped())
+            self._queued_queries = 0
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(BaseException):
                 await self._reader
             self._reader = None
-        for future in self._pending.values():
-            _settle(future, "stopped")
         if self._producer is not None:
             await self._producer.stop()  # sends what is buffered first
             self._producer = None
@@ -231,8 +245,9 @@ class Client:
         if self._queued_queries >= MAX_OUTBOX:
             future.set_result("unsent (backlog)")
         else:
+            value = encode(query)
             self._pending[key] = future
-            self._queue(_Outgoing(encode(query), domain.encode(), decision=future))
+            self._queue(_Outgoing(value, domain.encode(), decision=future))
             self._queued_queries += 1
         # One deadline for publishing and deciding; at the deadline a queued query is still
         # sent, only its decision is no longer awaited.
@@ -255,13 +270,14 @@ class Client:
     async def feedback(self, query_id: str, model_id: str, reward: float, cost: float,
                        domain: str | None = None) -> bool:
         """Queue the outcome of a routed query for publishing; False (nothing queued) for a
-        query that fell back. ``flush`` waits until the broker has it."""
+        query that fell back. ``flush`` waits until the broker has it, and raises
+        ``FeedbackLost`` if it could not be published."""
         domain = domain or self.default_domain
         if (domain, query_id) in self._fallbacks:
             return False
         self._queue(_Outgoing(encode(Feedback(
             domain=domain, time=self.clock(), query_id=query_id, model_id=model_id,
-            reward=reward, cost=cost)), domain.encode()))
+            reward=reward, cost=cost)), domain.encode(), lost=self._feedback_lost))
         return True
 
     # --- inventory and stages --------------------------------------------------------------
@@ -290,12 +306,22 @@ class Client:
         await acked
 
     async def flush(self) -> None:
-        """Wait until everything queued so far is acknowledged by the broker."""
+        """Wait until everything queued so far was acknowledged by the broker (or failed);
+        raise ``FeedbackLost`` if feedback queued since the last flush was not published."""
         await self._sent_so_far()
         if self._producer is not None:
             await self._producer.flush()
+            await asyncio.sleep(0)  # the sends' done callbacks run before we look
+        if self._lost:
+            lost, self._lost = self._lost, []
+            raise FeedbackLost(len(lost), lost[0])
 
     # --- internals -------------------------------------------------------------------------
+
+    def _feedback_lost(self, exc: BaseException) -> None:
+        if not self._lost:
+            log.warning("feedback not published: %r (the next flush raises FeedbackLost)", exc)
+        self._lost.append(exc)
 
     def _queue(self, outgoing: _Outgoing) -> None:
         if self._sender is None:
@@ -328,6 +354,9 @@ class Client:
                     item.decision = None
             try:
                 sent = await send(topic, value=item.value, key=item.key)
+            except asyncio.CancelledError:  # stop() gave up on the producer mid-send
+                item.failed(ClientStopped())
+                raise
             except KafkaError as exc:
                 item.failed(exc)
                 continue
@@ -335,7 +364,7 @@ class Client:
                 log.warning("event not published: %r", exc)
                 item.failed(exc)
                 continue
-            if item.decision is not None or item.acked is not None:
+            if item.decision is not None or item.acked is not None or item.lost is not None:
                 sent.add_done_callback(item.delivered)
 
     async def _read(self) -> None:
@@ -378,15 +407,19 @@ class Client:
 @dataclass(slots=True)
 class _Outgoing:
     """One event in the outbox and who waits on it: a ``route`` (``decision``, told when
-    sending fails), a ``publish`` (``acked``), or ``flush`` (``handed``, a marker)."""
+    sending fails), a ``publish`` (``acked``), ``flush`` (``handed``, a marker), or nobody (a
+    feedback: ``lost`` is told when it fails)."""
 
     value: bytes
     key: bytes
     decision: asyncio.Future[RoutingDecision | str] | None = None
     acked: asyncio.Future[None] | None = None
     handed: asyncio.Future[None] | None = None
+    lost: Callable[[BaseException], None] | None = None
 
     def failed(self, exc: BaseException) -> None:
+        if self.lost is not None:
+            self.lost(exc)
         if self.decision is not None:
             _settle(self.decision, f"unsent ({type(exc).__name__})")
         for waiting in (self.acked, self.handed):

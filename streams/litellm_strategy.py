@@ -159,7 +159,8 @@ class StageRouteStrategy(CustomRoutingStrategyBase):
             log.warning("feedback not sent: %s", task.exception())
 
     async def flush(self) -> None:
-        """Wait until every feedback reported so far is acknowledged by the broker."""
+        """Wait until every feedback reported so far is acknowledged by the broker; raises
+        ``streams.client.FeedbackLost`` if some could not be published."""
         while self._feedback:
             await asyncio.gather(*self._feedback, return_exceptions=True)
         await self.client.flush()

@@ -16,11 +16,13 @@ from streams.client import Client
 
 
 class StalledProducer:
-    """``send`` records the event, then blocks (``stall``) or raises (``error``)."""
+    """``send`` records the event, then blocks (``stall``), raises (``error``) or hands back a
+    delivery that fails (``undelivered``)."""
 
-    def __init__(self, stall: bool = False, error: Exception | None = None) -> None:
+    def __init__(self, stall: bool = False, error: Exception | None = None,
+                 undelivered: Exception | None = None) -> None:
         self.sent: list[dict[str, Any]] = []
-        self.stall, self.error = stall, error
+        self.stall, self.error, self.undelivered = stall, error, undelivered
 
     async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
         self.sent.append(json.loads(value))
@@ -29,8 +31,14 @@ class StalledProducer:
         if self.stall:
             await asyncio.Event().wait()
         acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        acked.set_result(None)
+        if self.undelivered is not None:
+            acked.set_exception(self.undelivered)
+        else:
+            acked.set_result(None)
         return acked
+
+    async def flush(self) -> None:
+        pass
 
     async def stop(self) -> None:
         pass
@@ -84,14 +92,48 @@ def test_a_send_error_falls_back_with_its_reason_and_order_is_kept() -> None:
 
 
 def test_stopping_tells_whoever_waits_on_what_was_not_sent() -> None:
-    async def scenario() -> tuple[Any, BaseException | None]:
+    async def scenario() -> tuple[list[Any], BaseException | None, int]:
         client = await _client(StalledProducer(stall=True), timeout=0.05)
-        route = asyncio.ensure_future(client.route("q1", timeout=10.0))
+        routes = [asyncio.ensure_future(client.route(q, timeout=10.0)) for q in ("q1", "q2")]
         publish = asyncio.ensure_future(client.stage_boundary(1))
-        await asyncio.sleep(0.01)  # q1 is with the stalled producer, the stage queued
+        await asyncio.sleep(0.01)  # q1 is with the stalled producer, q2 and the stage queued
         await client.stop()
-        return await route, (await asyncio.gather(publish, return_exceptions=True))[0]
+        done = await asyncio.wait_for(asyncio.gather(*routes), 2.0)
+        published = (await asyncio.gather(publish, return_exceptions=True))[0]
+        return done, published, client._queued_queries
 
-    route, published = asyncio.run(scenario())
-    assert (route.model_id, route.fallback) == ("small", "stopped")
+    routes, published, queued = asyncio.run(scenario())
+    assert [(r.model_id, r.fallback) for r in routes] == [("small", "stopped")] * 2
     assert isinstance(published, streams.client.ClientStopped)
+    assert queued == 0
+
+
+def test_a_publish_the_producer_holds_at_stop_is_told() -> None:
+    async def scenario() -> BaseException | None:
+        client = await _client(StalledProducer(stall=True), timeout=0.05)
+        publish = asyncio.ensure_future(client.stage_boundary(1))
+        await asyncio.sleep(0.01)  # the stage is inside the stalled producer's send
+        await client.stop()
+        done = await asyncio.wait_for(asyncio.gather(publish, return_exceptions=True), 2.0)
+        return done[0]
+
+    assert isinstance(asyncio.run(scenario()), streams.client.ClientStopped)
+
+
+@pytest.mark.parametrize("producer", [
+    StalledProducer(error=KafkaConnectionError()),         # send raises
+    StalledProducer(undelivered=KafkaConnectionError()),   # the broker never acknowledges
+], ids=["send", "delivery"])
+def test_feedback_that_is_not_published_makes_flush_raise(producer: StalledProducer) -> None:
+    async def scenario() -> tuple[BaseException | None, BaseException | None]:
+        client = await _client(producer, timeout=0.05)
+        await client.feedback("q0", "large", 1.0, 0.01)
+        await client.feedback("q1", "large", 1.0, 0.01)
+        first = (await asyncio.gather(client.flush(), return_exceptions=True))[0]
+        again = (await asyncio.gather(client.flush(), return_exceptions=True))[0]
+        return first, again
+
+    first, again = asyncio.run(scenario())
+    assert isinstance(first, streams.client.FeedbackLost) and first.count == 2
+    assert isinstance(first.cause, KafkaConnectionError)
+    assert again is None, "each loss is reported once"
