@@ -150,7 +150,9 @@ class Client:
         self._fallbacks: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._outbox: deque[_Outgoing] = deque()
         self._queued_queries = 0
-        self._lost: list[BaseException] = []  # feedback not published since the last flush
+        # Feedback not published since the last flush: how many, and the first error.
+        self._lost = 0
+        self._first_loss: BaseException | None = None
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self.partitions: list[int] = []
@@ -312,16 +314,18 @@ class Client:
         if self._producer is not None:
             await self._producer.flush()
             await asyncio.sleep(0)  # the sends' done callbacks run before we look
-        if self._lost:
-            lost, self._lost = self._lost, []
-            raise FeedbackLost(len(lost), lost[0])
+        if self._first_loss is not None:
+            lost = FeedbackLost(self._lost, self._first_loss)
+            self._lost, self._first_loss = 0, None
+            raise lost
 
     # --- internals -------------------------------------------------------------------------
 
     def _feedback_lost(self, exc: BaseException) -> None:
-        if not self._lost:
+        if self._first_loss is None:
+            self._first_loss = exc
             log.warning("feedback not published: %r (the next flush raises FeedbackLost)", exc)
-        self._lost.append(exc)
+        self._lost += 1
 
     def _queue(self, outgoing: _Outgoing) -> None:
         if self._sender is None:
