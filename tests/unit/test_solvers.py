@@ -113,8 +113,8 @@ def test_route_opt_matches_glop(inst: tuple[list[float], list[float], list[float
         return
     # No mix meets the budget: RouteOPT returns the cheapest mix, ties to the higher reward.
     # The reference maximises reward within 1e-12 of the least spend (GLOP needs the slack), so
-    # where two costs differ by less than that (1 and 0.9999999999999999) it may take the
-    # dearer, more rewarding model; then it only bounds RouteOPT's reward from above.
+    # where two distinct costs are nearly equal (1 and 0.9999999999999999; here: within 1e-9)
+    # it may take the dearer, more rewarding model; then it only bounds RouteOPT's reward.
     spend = float(np.dot(exact.p, cost))
     assert spend <= float(np.dot(ref.p, cost)) + 1e-9
     distinct = sorted(set(cost))
