@@ -69,6 +69,10 @@ class ContractModel(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
+#: Each model's field names, for ``trusted`` (``model_fields`` is a descriptor per access).
+_FIELD_NAMES: dict[type[BaseModel], frozenset[str]] = {}
+
+
 def trusted(cls: type[M], **fields: Any) -> M:
     """An instance of ``cls`` from fields that are already valid, without validation.
 
@@ -77,9 +81,14 @@ def trusted(cls: type[M], **fields: Any) -> M:
     yield a half-built record.  About 5x faster than ``model_construct``, which resolves defaults
     on every call.
     """
-    missing = cls.model_fields.keys() - fields.keys()
-    if missing:
-        raise TypeError(f"{cls.__name__}: trusted() needs every field; missing {sorted(missing)}")
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(cls.model_fields)
+    if fields.keys() != names:
+        missing = names - fields.keys()
+        if missing:
+            raise TypeError(f"{cls.__name__}: trusted() needs every field; missing "
+                            f"{sorted(missing)}")
     obj = cls.__new__(cls)
     # Frozen models refuse __setattr__; this is how pydantic itself fills a constructed model.
     object.__setattr__(obj, "__dict__", fields)

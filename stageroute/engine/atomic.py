@@ -104,6 +104,8 @@ def _capture_book(state: EngineState, book: ContextBook, event: Event,
                     setattr(cell, name, value)  # in place: the plan's rows point at the cell
             if prior is None:
                 book.priors.pop(model_id, None)
+            if book.plan is not None:
+                book.plan.sync(record.context, model_id)
             return book
 
         return undo_feedback

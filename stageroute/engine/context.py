@@ -75,20 +75,66 @@ NO_CONTEXT = 0
 @dataclass(slots=True)
 class PlanRow:
     """One context's part of the plan: its cells (aligned with the deployed set; None for
-    context 0, which is scored by the pooled statistics), caps ``kappa_x`` and spend ``b_x``."""
+    context 0, which is scored by the pooled statistics), caps ``kappa_x`` and spend ``b_x``.
+
+    ``reward``, ``cost`` and ``risk`` are the cells' scores as RouteOPT and the ledger take
+    them, kept in step with the cells (``sync``) so that a query reads them instead of
+    walking its cells; ``unobserved`` lists the columns whose cell has no observation yet (their
+    risk is the model's own, which moves with every feedback to the model).  A feedback
+    replaces a list rather than change it in place: a decision keeps the lists it was made
+    with."""
 
     cells: list[Cell] | None
     caps: list[float]
     budget: float
+    reward: list[float] = field(default_factory=list)
+    cost: list[float] = field(default_factory=list)
+    risk: list[float] = field(default_factory=list)
+    unobserved: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, cells: list[Cell] | None, caps: list[float], budget: float) -> PlanRow:
+        if cells is None:
+            return cls(None, caps, budget)
+        return cls(cells, caps, budget, [c.reward for c in cells], [c.cost for c in cells],
+                   [max(c.cost, c.max_c) for c in cells],
+                   tuple(j for j, c in enumerate(cells) if not c.n))
+
+    def sync(self, j: int) -> None:
+        """Column ``j``'s cell changed: new lists with its scores."""
+        assert self.cells is not None
+        cell = self.cells[j]
+        self.reward = self.reward.copy()
+        self.reward[j] = cell.reward
+        self.cost = self.cost.copy()
+        self.cost[j] = cell.cost
+        self.risk = self.risk.copy()
+        self.risk[j] = max(cell.cost, cell.max_c)
+        if cell.n and j in self.unobserved:
+            self.unobserved = tuple(k for k in self.unobserved if k != j)
+        elif not cell.n and j not in self.unobserved:
+            self.unobserved = tuple(sorted((*self.unobserved, j)))
 
 
 @dataclass(slots=True)
 class ContextPlan:
-    """The plan for the deployed set ``models``; ``rows[x]`` for each context it covers."""
+    """The plan for the deployed set ``models``; ``rows[x]`` for each context it covers;
+    ``column`` maps a model id to its column in the rows."""
 
     models: list[str]
     rows: list[PlanRow | None]
     infeasible: bool
+    column: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.column = {m: j for j, m in enumerate(self.models)}
+
+    def sync(self, context: int, model_id: str) -> None:
+        """The cell of (``context``, ``model_id``) changed: its row follows, if it is planned."""
+        j = self.column.get(model_id)
+        row = self.rows[context] if context < len(self.rows) else None
+        if j is not None and row is not None and row.cells is not None:
+            row.sync(j)
 
 
 @dataclass(slots=True)
@@ -104,10 +150,21 @@ class ContextBook:
     plan: ContextPlan | None = None
     #: Routed queries since the last plan.
     since_plan: int = 0
+    #: The last features seen and their key: an event's features are asked for their key by
+    #: ``atomic.capture`` and by ``note`` (features are frozen, so the key of an object stays).
+    memo: tuple[QueryFeatures | None, str | None] = (None, None)
+
+    def key(self, features: QueryFeatures | None) -> str | None:
+        """The context key of ``features`` under the policy's source."""
+        seen, key = self.memo
+        if features is not seen:
+            key = self.policy.context_of(features)
+            self.memo = (features, key)
+        return key
 
     def note(self, features: QueryFeatures | None) -> int:
         """Count a query and return its context index; a new context makes the plan stale."""
-        key = self.policy.context_of(features)
+        key = self.key(features)
         index = NO_CONTEXT
         if key is not None:
             index = self.keys.get(key, -1)
@@ -132,13 +189,25 @@ class ContextBook:
 
     def is_new(self, features: QueryFeatures | None) -> bool:
         """Whether ``note(features)`` would add a context."""
-        key = self.policy.context_of(features)
+        key = self.key(features)
         return (key is not None and key not in self.keys
                 and len(self.names) - 1 < self.policy.max_contexts)
 
     def clone(self) -> ContextBook:
-        """A deep copy (cells included; the plan's rows point at the copy's cells)."""
-        return ContextBook.from_json(self.policy, self.to_json())
+        """A deep copy (cells included; the plan's rows point at the copy's cells).  Lists the
+        book only ever replaces (caps, a row's scores, the plan's models) and the frozen priors
+        are shared."""
+        cells = [{m: c.copy() for m, c in row.items()} for row in self.cells]
+        book = ContextBook(self.policy, self.keys.copy(), self.names.copy(), self.counts.copy(),
+                           cells, self.priors.copy(), None, self.since_plan, self.memo)
+        plan = self.plan
+        if plan is not None:
+            rows = [None if r is None else PlanRow(
+                None if r.cells is None else [cells[x][m] for m in plan.models],
+                r.caps, r.budget, r.reward, r.cost, r.risk, r.unobserved)
+                for x, r in enumerate(plan.rows)]
+            book.plan = ContextPlan(plan.models, rows, plan.infeasible)
+        return book
 
     def to_json(self) -> dict[str, Any]:
         plan = self.plan
@@ -170,7 +239,7 @@ class ContextBook:
                     rows.append(None)
                     continue
                 cells = None if x == NO_CONTEXT else [book.cells[x][m] for m in plan["models"]]
-                rows.append(PlanRow(cells, row[0], row[1]))
+                rows.append(PlanRow.of(cells, row[0], row[1]))
             book.plan = ContextPlan(plan["models"], rows, plan["infeasible"])
         return book
 
@@ -194,9 +263,12 @@ def route_inputs(state: EngineState, book: ContextBook, context: int, query_id: 
         scores = state.policy.route_scores(deployed, query_id)
         risk = scores.risk if scores.risk is not None else scores.cost
     else:
-        cells = row.cells
-        scores = Scores([c.reward for c in cells], [c.cost for c in cells], False)
-        risk = [max(c.cost, c.max_c) if c.n else m.risk for c, m in zip(cells, deployed)]
+        scores = Scores(row.reward, row.cost, False)
+        risk = row.risk
+        if row.unobserved:  # what the ledger charges for a model the context has not seen
+            risk = risk.copy()
+            for j in row.unobserved:
+                risk[j] = deployed[j].risk
     config = state.config
     if plan.infeasible:
         return scores, row.caps, min(config.budget, row.budget)
@@ -227,6 +299,8 @@ def observe(state: EngineState, book: ContextBook, context: int, model: ModelSta
         prior = book.priors[model.model_id] = Prior.of(model)
     book.policy.score_cell(book.names[context], model.model_id, cell, prior,
                            state.config.gamma)
+    if book.plan is not None:
+        book.plan.sync(context, model.model_id)
 
 
 # --- plans ------------------------------------------------------------------------------------
@@ -294,7 +368,7 @@ def _plan(book: ContextBook, deployed: list[ModelStats], p: list[list[float]],
         caps = [min(1.0, pm + s) for pm, s in zip(p_x, unused)]
         spend = math.fsum(pm * cm for pm, cm in zip(p_x, c_x))
         cells = None if x == NO_CONTEXT else [book.cells[x][i] for i in ids]
-        rows.append(PlanRow(cells, caps, spend))
+        rows.append(PlanRow.of(cells, caps, spend))
     return ContextPlan(ids, rows, infeasible)
 
 

@@ -106,6 +106,10 @@ class Cell:
         if cost > self.max_c:
             self.max_c = cost
 
+    def copy(self) -> Cell:
+        return Cell(self.n, self.mean_r, self.m2_r, self.mean_c, self.max_c, self.reward,
+                    self.cost)
+
     def to_json(self) -> list[Any]:
         return [self.n, self.mean_r, self.m2_r, self.mean_c, self.max_c, self.reward, self.cost]
 

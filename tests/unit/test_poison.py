@@ -140,6 +140,9 @@ def test_a_contextual_feedback_that_raises_leaves_its_cell_as_it_was(
     for view in (before, after):
         view.pop("seq"), view["counters"].pop("dead_letters")
     assert after == before, "the cell's statistics and scores are as they were"
+    # The scores a query reads (kept beside the plan, not in a snapshot) are put back too.
+    twin = restore(snapshot(state))
+    assert step(state, query("q2", task="x")) == step(twin, query("q2", task="x"))
 
 
 def test_capture_covers_every_field_of_the_engine_state() -> None:
