@@ -178,10 +178,10 @@ def _dual_simplex(obj: FloatArray, cost: FloatArray | None, f: FloatArray, caps:
     stalled = 0
     limit = rows
     z = tab[rows]
+    rhs = tab[:rows, -1]  # views: the pivots update the tableau in place
     while True:
-        rhs = tab[:rows, -1]
         if stalled < limit:
-            r = int(np.argmin(rhs))
+            r = int(rhs.argmin())
             if rhs[r] >= -_FEAS_TOL:
                 break
         else:  # dual Bland: the infeasible row whose basic variable has the lowest index
@@ -190,7 +190,7 @@ def _dual_simplex(obj: FloatArray, cost: FloatArray | None, f: FloatArray, caps:
                 break
             r = int(min(infeasible.tolist(), key=basis.__getitem__))
         row = tab[r, :-1]
-        candidates = np.flatnonzero(row < -_PIVOT_TOL * max(1.0, float(-row.min())))
+        candidates = np.flatnonzero(row < -_PIVOT_TOL * max(1.0, -float(row.min())))
         if candidates.size == 0:
             return None
         entries = -row[candidates]
@@ -199,11 +199,13 @@ def _dual_simplex(obj: FloatArray, cost: FloatArray | None, f: FloatArray, caps:
         if stalled < limit:
             # Harris: of the columns whose ratio is within the dual tolerance of the least,
             # the largest entry.  A tiny pivot multiplies every rounding error by its inverse.
-            near = np.flatnonzero(ratios <= np.min((reduced + _DUAL_TOL) / entries))
-            j = int(candidates[near[int(np.argmax(entries[near]))]])
+            reduced += _DUAL_TOL
+            reduced /= entries
+            near = np.flatnonzero(ratios <= reduced.min())
+            j = int(candidates[near[int(entries[near].argmax())]])
         else:  # argmin: the first, i.e. lowest index (Bland)
-            j = int(candidates[int(np.argmin(ratios))])
-        before = z[-1]
+            j = int(candidates[int(ratios.argmin())])
+        before = float(z[-1])
         _pivot(tab, r, j)
         basis[r] = j
         pivots += 1
@@ -240,6 +242,8 @@ def _pivot(tab: FloatArray, r: int, j: int) -> None:
     column = tab[:, j].copy()
     column[r] = 0.0
     touched = np.flatnonzero(column)
-    tab[touched] -= np.multiply.outer(column[touched], pivot_row)
+    # The rows without an entry in column j are unchanged (not x - 0 * y: the same up to the
+    # sign of zeros); the product is formed by broadcasting, as np.multiply.outer does.
+    tab[touched] -= column[touched, None] * pivot_row
     tab[r] = pivot_row
     tab[touched, j] = 0.0  # exactly 0, not a rounding residue
