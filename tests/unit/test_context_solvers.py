@@ -222,3 +222,71 @@ def test_dominated_models_are_pruned_without_changing_the_optimum() -> None:
     solution = context_deploy_opt(mu, cost, [0.5, 0.5], [1.0, 1.0, 1.0], 1.0, 2)
     assert solution.selected == (0, 1)
     assert np.allclose(solution.p, [[1.0, 0.0], [0.0, 1.0]])
+
+
+@settings(max_examples=150, deadline=None)
+@given(instances(max_x=5, max_m=8), st.integers(1, 6))
+def test_context_deploy_opt_plan_is_context_lp_over_the_selection(instance: Instance,
+                                                                   m_max: int) -> None:
+    # The plan may be read off an earlier solve instead of solving ContextLP over the selected
+    # set again: it must be feasible there and worth as much as that solve.
+    mu, cost, f, alpha, budget = instance
+    solution = context_deploy_opt(mu, cost, f, alpha, budget, m_max)
+    cols = list(solution.selected)
+    k = len(cols)
+    top = sum(sorted(alpha, reverse=True)[:k])
+    caps = alpha / top if top < 1.0 - 1e-12 else alpha
+    again = context_lp(mu[:, cols], cost[:, cols], f, caps[cols], budget)
+    assert solution.p.shape == (mu.shape[0], k)
+    if solution.status in (OPTIMAL, CAPS_INFEASIBLE):
+        assert_plan_feasible(solution.p, cost[:, cols], f, caps[cols], budget, again.status)
+        assert solution.objective == pytest.approx(again.objective, abs=1e-12)
+        assert solution.objective == math.fsum(
+            (f[:, None] * solution.p * mu[:, cols]).ravel().tolist())
+
+
+def _engine_like(seed: int, n_ctx: int = 12, n_mod: int = 9) -> Instance:
+    """Scores in [0, 1], a budget between the cheapest and the dearest model, equal shares that
+    K = 4 models fill exactly (the engine's alpha = 0.25): every share binds."""
+    rng = np.random.default_rng(seed)
+    mu = np.clip(rng.random(n_mod)[None, :] * 0.6 + rng.random((n_ctx, n_mod)) * 0.4, 0, 1)
+    cost = rng.random(n_mod)[None, :] * rng.uniform(0.5, 1.5, (n_ctx, n_mod))
+    weights = rng.uniform(0.05, 1.0, n_ctx)
+    return (mu, cost, weights / weights.sum(), np.full(n_mod, 0.25),
+            float(np.quantile(cost, 0.4)))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_subset_search_matches_brute_force_and_scip(seed: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import solvers.context_deploy as module
+
+    mu, cost, f, alpha, budget = _engine_like(seed)
+    solution = context_deploy_opt(mu, cost, f, alpha, budget, 4)
+    best = brute_force(mu, cost, f, alpha, budget, 4)
+    assert best is not None and solution.status == OPTIMAL
+    assert solution.objective == pytest.approx(best, abs=1e-12)
+    monkeypatch.setattr(module, "_MAX_SUBSETS", 0)  # step d by SCIP
+    by_scip = context_deploy_opt(mu, cost, f, alpha, budget, 4)
+    assert by_scip.objective == pytest.approx(best, abs=1e-9)
+
+
+def test_relaxation_is_reused_when_it_is_the_same_program(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import solvers.context_deploy as module
+
+    calls: list[int] = []
+
+    def counted(*args: object) -> object:
+        calls.append(1)
+        return context_lp(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "context_lp", counted)
+    mu = np.array([[0.9, 0.8, 0.1], [0.7, 0.9, 0.2]])
+    cost = np.array([[0.2, 0.3, 0.5], [0.2, 0.3, 0.5]])
+    everything = context_deploy_opt(mu, cost, [0.5, 0.5], [1.0, 1.0, 1.0], 1.0, 3)
+    assert len(calls) == 1 and everything.selected == (0, 1, 2)
+    calls.clear()
+    two = context_deploy_opt(mu, cost, [0.5, 0.5], [1.0, 1.0, 1.0], 1.0, 2)
+    assert len(calls) == 1 and two.selected == (0, 1)
+    assert np.array_equal(two.p, [[1.0, 0.0], [0.0, 1.0]])
