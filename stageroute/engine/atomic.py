@@ -18,12 +18,12 @@ lists them; a test fails when ``EngineState`` gains a field that is not in it. A
 mutates another ``ModelStats`` than its event's, or another query's entry, must extend
 ``capture``.
 
-The contextual book (``EngineState.context``, contextual policies only) is captured by what
-the event may change in it (``_capture_book``): a feedback one (context, model) cell and its
-model's prior; a query that will neither re-plan nor deploy (the usual case) the context
-counts and the count since the plan; anything else (a query that re-plans or deploys, a model
-or stage event) a deep copy, which costs about as much as the plan it may redo and comes at
-most once per plan.
+The contextual book (``EngineState.context``, contextual policies only) keeps a journal of
+what a query or a feedback changes in it (``ContextBook.begin``/``rollback``): the count of the
+query's context, the (context, model) cell a feedback updates and whether its model's prior
+was new, and a deep copy taken just before the first structural change (a new context, a
+re-plan, a deployment), which costs about as much as the plan it precedes and comes at most
+once per plan.  A model or stage event takes the deep copy up front.
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ from operator import attrgetter
 from typing import Any
 
 from schemas import Event, Feedback, Query
-from stageroute.engine.context import NO_CONTEXT, ContextBook
+from stageroute.engine.context import ContextBook
 from stageroute.engine.state import EngineState
 from stageroute.policies import ModelStats
-from stageroute.policies.contextual import Cell
 
 #: The fields of ``EngineState`` that ``capture`` saves and ``restore`` puts back.
 COVERED = frozenset({"config", "policy", "seq", "stage", "clock", "ledger", "spent", "models",
@@ -49,8 +48,6 @@ CONTEXT_BOOK = frozenset({"context"})
 
 _model_values = attrgetter(*(f.name for f in fields(ModelStats)))
 _MODEL_FIELDS = tuple(f.name for f in fields(ModelStats))
-_CELL_FIELDS = tuple(f.name for f in fields(Cell))
-_cell_values = attrgetter(*_CELL_FIELDS)
 
 
 @dataclass(slots=True)
@@ -80,45 +77,16 @@ def capture(state: EngineState, event: Event) -> Undo:
     return Undo(saved, (ledger.routed, ledger.committed), model, query_id,
                 state.queries.get(query_id) if query_id else None,
                 query_id in state.answered if query_id else False,
-                None if book is None else _capture_book(state, book, event))
+                None if book is None else _capture_book(book, event))
 
 
-def _capture_book(state: EngineState, book: ContextBook, event: Event,
-                  ) -> Callable[[], ContextBook]:
+def _capture_book(book: ContextBook, event: Event) -> Callable[[], ContextBook]:
     """What ``event`` may change in ``book`` (see the module docstring), as a function that
     puts it back."""
-    if isinstance(event, Feedback):
-        # ``context.observe``: one cell (created if absent) and its model's prior (likewise).
-        record = state.queries.get(event.query_id)
-        if record is None or record.context == NO_CONTEXT:
-            return lambda: book  # the book is not touched
-        row, model_id = book.cells[record.context], event.model_id
-        cell, prior = row.get(model_id), book.priors.get(model_id)
-        saved: tuple[Any, ...] = () if cell is None else _cell_values(cell)
-
-        def undo_feedback() -> ContextBook:
-            if cell is None:
-                row.pop(model_id, None)
-            else:
-                for name, value in zip(_CELL_FIELDS, saved):
-                    setattr(cell, name, value)  # in place: the plan's rows point at the cell
-            if prior is None:
-                book.priors.pop(model_id, None)
-            if book.plan is not None:
-                book.plan.sync(record.context, model_id)
-            return book
-
-        return undo_feedback
-    if (isinstance(event, Query) and state.deployed and book.plan is not None
-            and not book.stale() and not book.is_new(event.features)):
-        # No re-plan and no deployment: ``note`` and ``route_inputs`` change two counts.
-        counts, since_plan = book.counts.copy(), book.since_plan
-
-        def undo_query() -> ContextBook:
-            book.counts, book.since_plan = counts, since_plan
-            return book
-
-        return undo_query
+    if isinstance(event, (Query, Feedback)):
+        book.begin(journal=True)
+        return book.rollback
+    book.begin(journal=False)
     copy = book.clone()
     return lambda: copy
 

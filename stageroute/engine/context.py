@@ -150,21 +150,47 @@ class ContextBook:
     plan: ContextPlan | None = None
     #: Routed queries since the last plan.
     since_plan: int = 0
-    #: The last features seen and their key: an event's features are asked for their key by
-    #: ``atomic.capture`` and by ``note`` (features are frozen, so the key of an object stays).
-    memo: tuple[QueryFeatures | None, str | None] = (None, None)
+    #: The undo journal of the event being applied (``begin``, ``rollback``; not state): a
+    #: copy of the book taken before the event's first structural change (a new context, a
+    #: plan, a deployment), the count ``note`` changed, and the cell a feedback changed.
+    journal: bool = False
+    before: ContextBook | None = None
+    counted: tuple[int, int, int] | None = None
+    observed: tuple[int, str, Cell | None, bool] | None = None
 
-    def key(self, features: QueryFeatures | None) -> str | None:
-        """The context key of ``features`` under the policy's source."""
-        seen, key = self.memo
-        if features is not seen:
-            key = self.policy.context_of(features)
-            self.memo = (features, key)
-        return key
+    def begin(self, journal: bool) -> None:
+        """An event starts; ``journal``: record what it changes, for ``rollback``."""
+        self.journal, self.before, self.counted, self.observed = journal, None, None, None
+
+    def changing(self) -> None:
+        """A structural change is about to be made: the journal keeps the book as it was."""
+        if self.journal and self.before is None:
+            self.before = self.clone()
+
+    def rollback(self) -> ContextBook:
+        """The book as it was when the event began (``begin(True)``): this book put back, or
+        the copy taken before a structural change."""
+        if self.observed is not None:
+            context, model_id, saved, had_prior = self.observed
+            row = self.cells[context]
+            if saved is None:
+                row.pop(model_id, None)
+            else:
+                row[model_id].assign(saved)  # in place: the plan's rows point at the cell
+            if not had_prior:
+                self.priors.pop(model_id, None)
+            if self.plan is not None:
+                self.plan.sync(context, model_id)
+        book = self.before if self.before is not None else self
+        if self.counted is not None:
+            index, count, since_plan = self.counted
+            book.counts[index], book.since_plan = count, since_plan
+        self.begin(False)
+        return book
 
     def note(self, features: QueryFeatures | None) -> int:
         """Count a query and return its context index; a new context makes the plan stale."""
-        key = self.key(features)
+        key = self.policy.context_of(features)
         index = NO_CONTEXT
         if key is not None:
             index = self.keys.get(key, -1)
@@ -172,12 +198,16 @@ class ContextBook:
                 if len(self.names) - 1 >= self.policy.max_contexts:
                     index = NO_CONTEXT
                 else:
+                    self.changing()
                     index = len(self.names)
                     self.keys[key] = index
                     self.names.append(key)
-                    self.counts.append(0)
+                    self.counts.append(1)
                     self.cells.append({})
                     self.plan = None
+                    return index
+        if self.journal:
+            self.counted = (index, self.counts[index], self.since_plan)
         self.counts[index] += 1
         return index
 
@@ -187,19 +217,13 @@ class ContextBook:
         every, plan = self.policy.replan_every, self.plan
         return plan is not None and every > 0 and self.since_plan >= every * len(plan.rows)
 
-    def is_new(self, features: QueryFeatures | None) -> bool:
-        """Whether ``note(features)`` would add a context."""
-        key = self.key(features)
-        return (key is not None and key not in self.keys
-                and len(self.names) - 1 < self.policy.max_contexts)
-
     def clone(self) -> ContextBook:
         """A deep copy (cells included; the plan's rows point at the copy's cells).  Lists the
         book only ever replaces (caps, a row's scores, the plan's models) and the frozen priors
         are shared."""
         cells = [{m: c.copy() for m, c in row.items()} for row in self.cells]
         book = ContextBook(self.policy, self.keys.copy(), self.names.copy(), self.counts.copy(),
-                           cells, self.priors.copy(), None, self.since_plan, self.memo)
+                           cells, self.priors.copy(), since_plan=self.since_plan)
         plan = self.plan
         if plan is not None:
             rows = [None if r is None else PlanRow(
@@ -287,6 +311,9 @@ def observe(state: EngineState, book: ContextBook, context: int, model: ModelSta
         return
     row = book.cells[context]
     cell = row.get(model.model_id)
+    if book.journal:
+        book.observed = (context, model.model_id, None if cell is None else cell.copy(),
+                         model.model_id in book.priors)
     if cell is None:
         cell = row[model.model_id] = Cell()
     # The cost as the pooled statistics take it (clipped to the model's range; see
@@ -340,6 +367,7 @@ def _score_matrix(state: EngineState, book: ContextBook, models: list[ModelStats
 
 def replan(state: EngineState, book: ContextBook) -> ContextPlan:
     """ContextLP over the deployed set and every context; the plan of the module docstring."""
+    book.changing()
     deployed = state.deployed
     pooled = state.policy.deploy_scores(deployed, state.stage)
     mu, cost = _score_matrix(state, book, deployed, pooled)
@@ -377,6 +405,7 @@ def deploy(state: EngineState, book: ContextBook, candidates: list[ModelStats], 
     """ContextDeployOPT over the live ``candidates``: deploys its set, keeps its plan, and
     returns what the deployment decision records per candidate, averaged over the traffic
     (reward score, cost, the plan's traffic share ``d``), with the plan's value and status."""
+    book.changing()
     pooled = state.policy.deploy_scores(candidates, state.stage)
     mu, cost = _score_matrix(state, book, candidates, pooled)
     freq = _frequencies(book)

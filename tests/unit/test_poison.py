@@ -94,16 +94,19 @@ def _solver_fails(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError("solver failed")
 
 
-@pytest.mark.parametrize(("target", "event"), [
+@pytest.mark.parametrize(("target", "event", "stale"), [
     # ContextDeployOPT at a stage start: after the priors and every cell were rescored.
-    ("stageroute.engine.context.context_deploy_opt", stage(1, 1.0)),
+    ("stageroute.engine.context.context_deploy_opt", stage(1, 1.0), False),
     # ContextLP for a query of a new context: after it was counted and the cells rescored.
-    ("stageroute.engine.context.context_lp", query("q9", 1.0, task="z")),
+    ("stageroute.engine.context.context_lp", query("q9", 1.0, task="z"), False),
+    # ContextLP for a query of a known context whose plan is due: after it was counted (the
+    # count is put back into the copy taken before the re-plan).
+    ("stageroute.engine.context.context_lp", query("q9", 1.0, task="x"), True),
     # RouteOPT for a query of a known context, no re-plan: after it was counted.
-    ("stageroute.engine.core.solve_lists", query("q9", 1.0, task="x")),
+    ("stageroute.engine.core.solve_lists", query("q9", 1.0, task="x"), False),
 ])
 def test_a_contextual_handler_that_raises_leaves_the_contexts_as_they_were(
-        monkeypatch: pytest.MonkeyPatch, target: str, event: Any) -> None:
+        monkeypatch: pytest.MonkeyPatch, target: str, event: Any, stale: bool) -> None:
     state, out = run_log([arrived("a"), arrived("b"), stage(0),
                           *(query(f"q{i}", task=("x", "y", None)[i % 3]) for i in range(6))],
                          policy="contextual", m_max=2)
@@ -111,6 +114,10 @@ def test_a_contextual_handler_that_raises_leaves_the_contexts_as_they_were(
         if hasattr(decision, "query_id"):
             step(state, Feedback(query_id=decision.query_id, model_id=decision.model_id,
                                  reward=0.5, cost=0.1, time=0.0))
+    assert state.context is not None
+    if stale:
+        state.context.since_plan = 10**6
+        assert state.context.stale()
     before = state_view(state)
     assert before["context"]["names"] == ["x", "y"] and before["context"]["plan"] is not None
     monkeypatch.setattr(target, _solver_fails)
