@@ -58,6 +58,9 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from schemas import QueryFeatures
 from solvers.context_deploy import context_deploy_opt
 from solvers.context_lp import context_lp
@@ -70,6 +73,7 @@ if TYPE_CHECKING:
     from stageroute.engine.state import EngineState
 
 NO_CONTEXT = 0
+FloatArray = NDArray[np.float64]
 
 
 @dataclass(slots=True)
@@ -375,28 +379,30 @@ def replan(state: EngineState, book: ContextBook) -> ContextPlan:
     alpha = [m.alpha for m in deployed]
     solution = context_lp(mu, cost, freq, alpha, state.config.budget)
     infeasible = solution.status in (BUDGET_INFEASIBLE, CAPS_BUDGET_INFEASIBLE)
-    plan = _plan(book, deployed, solution.p.tolist(), cost, freq, alpha, infeasible)
+    plan = _plan(book, deployed, solution.p, cost, freq, alpha, infeasible)
     book.plan = plan
     book.since_plan = 0
     return plan
 
 
-def _plan(book: ContextBook, deployed: list[ModelStats], p: list[list[float]],
+def _plan(book: ContextBook, deployed: list[ModelStats], p: FloatArray,
           cost: list[list[float]], freq: list[float], alpha: list[float],
           infeasible: bool) -> ContextPlan:
-    n_mod = len(deployed)
-    used = [math.fsum(f * row[m] for f, row in zip(freq, p)) for m in range(n_mod)]
+    """The plan rows of ``p`` (``(contexts, models)``); see the module docstring.  Products
+    are elementwise and sums ``math.fsum``: the same floats on every machine."""
+    weighted = (np.array(freq)[:, None] * p).T.tolist()
+    used = [math.fsum(column) for column in weighted]
     total = math.fsum(alpha)
     if total < 1.0 - 1e-12:  # shares that cannot carry all traffic are scaled, as ContextLP does
         alpha = [a / total for a in alpha]
-    unused = [max(0.0, a - u) for a, u in zip(alpha, used)]
+    unused = np.array([max(0.0, a - u) for a, u in zip(alpha, used)])
+    caps = np.minimum(p + unused, 1.0).tolist()
+    spend = [math.fsum(row) for row in (p * np.array(cost)).tolist()]
     rows: list[PlanRow | None] = []
     ids = [m.model_id for m in deployed]
-    for x, (p_x, c_x) in enumerate(zip(p, cost)):
-        caps = [min(1.0, pm + s) for pm, s in zip(p_x, unused)]
-        spend = math.fsum(pm * cm for pm, cm in zip(p_x, c_x))
+    for x in range(p.shape[0]):
         cells = None if x == NO_CONTEXT else [book.cells[x][i] for i in ids]
-        rows.append(PlanRow.of(cells, caps, spend))
+        rows.append(PlanRow.of(cells, caps[x], spend[x]))
     return ContextPlan(ids, rows, infeasible)
 
 
@@ -416,8 +422,8 @@ def deploy(state: EngineState, book: ContextBook, candidates: list[ModelStats], 
     p = solution.p.tolist()
     cost_sel = [[row[i] for i in selected] for row in cost]
     infeasible = solution.status in (BUDGET_INFEASIBLE, CAPS_BUDGET_INFEASIBLE)
-    book.plan = _plan(book, state.deployed, p, cost_sel, freq, [alpha[i] for i in selected],
-                      infeasible)
+    book.plan = _plan(book, state.deployed, solution.p, cost_sel, freq,
+                      [alpha[i] for i in selected], infeasible)
     book.since_plan = 0
     share = [0.0] * len(candidates)
     for j, i in enumerate(selected):
