@@ -1,4 +1,5 @@
-"""Solver benchmark: RouteOPT (exact) vs GLOP, and DeployOPT vs the plain SCIP MIP.
+"""Solver benchmark: RouteOPT (exact) vs GLOP, DeployOPT vs the plain SCIP MIP, and the
+contextual programs (ContextLP vs GLOP, ContextDeployOPT vs the plain SCIP MIP).
 
     python -m bench.solvers [--repeats 300] [--seed 0]
 
@@ -8,6 +9,13 @@ Prints, from one run on this machine:
 * DeployOPT milliseconds for N = 100, 1,000, 10,000 candidates with m_max = 32, for loose caps
   (the LP shortcut applies) and tight caps (the MIP runs), against the plain MIP over every
   candidate (no pruning) where that finishes within its time limit.
+* ContextLP median milliseconds over 41 contexts x M = 4, 8, 16 models, ours vs
+  ``context_lp_reference`` (GLOP), and ContextDeployOPT median milliseconds over 41 contexts x
+  N = 11 and 16 candidates with K = 4 and 8, against the plain MIP (SCIP over every candidate,
+  the support's plan by ContextLP); both optima are compared.  Instances are shaped like the
+  engine's at a stage start: a quality per model shifted per context, costs spread 100x
+  between models, the budget at 0.3x the dearest mean cost, equal shares 1/K (every share
+  binds) or 0.5.
 """
 
 from __future__ import annotations
@@ -15,12 +23,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from bench.reference import route_opt_reference
-from solvers import deploy_opt, route_opt
+from bench.reference import context_lp_reference, route_opt_reference
+from solvers import context_deploy_opt, context_lp, deploy_opt, route_opt
+from solvers.context_deploy import _mip_support as _context_mip_support
 from solvers.deploy_opt import _mip_support
+
+CONTEXTS = 41
 
 
 def _route_instance(rng: np.random.Generator, m: int) -> tuple[np.ndarray, ...]:
@@ -81,6 +94,67 @@ def bench_deploy(seed: int, reference_limit_s: float) -> None:
                   f"{ref_ms:>13} {diff:>9}")
 
 
+def _context_instance(rng: np.random.Generator, n: int, share: float,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    quality = rng.uniform(0.3, 0.9, n)
+    mu = np.clip(quality[None, :] + rng.normal(0.0, 0.15, (CONTEXTS, n)), 0.0, 1.0)
+    price = np.exp(rng.uniform(np.log(1e-5), np.log(1e-3), n))
+    cost = price[None, :] * rng.lognormal(0.0, 0.3, (CONTEXTS, n))
+    freq = rng.dirichlet(np.ones(CONTEXTS))
+    budget = 0.3 * float(cost.mean(axis=0).max())
+    return mu, cost, freq, np.full(n, share), budget
+
+
+def _timed(solve: Callable[..., Any], *args: Any, inner: int = 3) -> tuple[Any, float]:
+    """``solve(*args)`` and its median milliseconds over ``inner`` runs."""
+    times = []
+    for _ in range(inner):
+        t0 = time.perf_counter()
+        result = solve(*args)
+        times.append(time.perf_counter() - t0)
+    return result, statistics.median(times) * 1e3
+
+
+def bench_context(repeats: int, seed: int) -> None:
+    print(f"\nContextLP: {CONTEXTS} contexts, median ms per solve (same instances, same run)")
+    print(f"{'M':>4} {'ours':>8} {'GLOP':>8} {'speed-up':>9} {'max |obj diff|':>15}")
+    for m in (4, 8, 16):
+        rng = np.random.default_rng(seed + m)
+        ours, ref, diff = [], [], 0.0
+        for _ in range(repeats):
+            instance = _context_instance(rng, m, 1.5 / m)
+            solution, ours_ms = _timed(context_lp, *instance)
+            (value, _), ref_ms = _timed(context_lp_reference, *instance)
+            ours.append(ours_ms)
+            ref.append(ref_ms)
+            diff = max(diff, abs(solution.objective - value))
+        o, r = statistics.median(ours), statistics.median(ref)
+        print(f"{m:>4} {o:>8.2f} {r:>8.2f} {r / o:>8.1f}x {diff:>15.2e}")
+
+    print(f"\nContextDeployOPT: {CONTEXTS} contexts, median (max) ms per solve; plain MIP: "
+          f"SCIP over every candidate")
+    print(f"{'N':>4} {'K':>3} {'shares':>7} {'ours':>16} {'plain MIP':>16} {'max obj diff':>13}")
+    for n in (11, 16):
+        for k in (4, 8):
+            for label, share in (("1/K", 1.0 / k), ("0.5", 0.5)):
+                rng = np.random.default_rng(seed + 100 * n + k)
+                ours, ref, diff = [], [], 0.0
+                for _ in range(max(1, repeats // 4)):
+                    mu, cost, freq, alpha, budget = _context_instance(rng, n, share)
+                    t0 = time.perf_counter()
+                    sol = context_deploy_opt(mu, cost, freq, alpha, budget, k)
+                    ours.append((time.perf_counter() - t0) * 1e3)
+                    t0 = time.perf_counter()
+                    support = _context_mip_support(mu, cost, freq, alpha, budget, k)
+                    ref.append((time.perf_counter() - t0) * 1e3)
+                    if support is not None:
+                        plain = context_lp(mu[:, support], cost[:, support], freq,
+                                           alpha[support], budget)
+                        diff = max(diff, plain.objective - sol.objective)
+                cell = [f"{statistics.median(t):.1f} ({max(t):.0f})" for t in (ours, ref)]
+                print(f"{n:>4} {k:>3} {label:>7} {cell[0]:>16} {cell[1]:>16} {diff:>13.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,6 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     bench_route(args.repeats, args.seed)
     bench_deploy(args.seed, reference_limit_s=60.0)
+    bench_context(max(4, args.repeats // 10), args.seed)
 
 
 if __name__ == "__main__":
