@@ -91,15 +91,15 @@ class PlanRow:
     cells: list[Cell] | None
     caps: list[float]
     budget: float
-    reward: list[float] = field(default_factory=list)
-    cost: list[float] = field(default_factory=list)
-    risk: list[float] = field(default_factory=list)
-    unobserved: tuple[int, ...] = ()
+    reward: list[float]
+    cost: list[float]
+    risk: list[float]
+    unobserved: tuple[int, ...]
 
     @classmethod
     def of(cls, cells: list[Cell] | None, caps: list[float], budget: float) -> PlanRow:
         if cells is None:
-            return cls(None, caps, budget)
+            return cls(None, caps, budget, [], [], [], ())
         return cls(cells, caps, budget, [c.reward for c in cells], [c.cost for c in cells],
                    [max(c.cost, c.max_c) for c in cells],
                    tuple(j for j, c in enumerate(cells) if not c.n))
@@ -163,7 +163,8 @@ class ContextBook:
     observed: tuple[int, str, Cell | None, bool] | None = None
 
     def begin(self, journal: bool) -> None:
-        """An event starts; ``journal``: record what it changes, for ``rollback``."""
+        """An event starts (``journal``: record what it changes, for ``rollback``) or ends
+        (``begin(False)``: the journal and its copy are let go)."""
         self.journal, self.before, self.counted, self.observed = journal, None, None, None
 
     def changing(self) -> None:

@@ -100,6 +100,7 @@ def apply(state: EngineState, event: Event) -> tuple[EngineState, list[Output]]:
         else:
             _on_stage(state, event, seq, outputs)
     except Rejected as rejected:
+        _end_journal(state)
         state.counters["dead_letters"] += 1
         outputs.append(DeadLetter(domain=state.config.domain, seq=seq, reason=rejected.reason,
                                   detail=rejected.detail, payload=encode(event).decode()))
@@ -112,6 +113,7 @@ def apply(state: EngineState, event: Event) -> tuple[EngineState, list[Output]]:
                                   reason=DeadLetterReason.INTERNAL_ERROR,
                                   detail=f"{type(exc).__name__}: {exc}",
                                   payload=encode(event).decode())]
+    _end_journal(state)
     # Only an applied event moves the clock: a rejected one (say a far-future time) must not
     # age out the queries awaiting feedback.
     if event.time > state.clock:
@@ -119,6 +121,13 @@ def apply(state: EngineState, event: Event) -> tuple[EngineState, list[Output]]:
         if state.config.query_ttl is not None:
             _forget_old_queries(state)
     return state, outputs
+
+
+def _end_journal(state: EngineState) -> None:
+    """The event is done: the contextual book lets go of its undo journal (a copy of the whole
+    book after a re-plan) rather than keep it until the next event."""
+    if state.context is not None:
+        state.context.begin(False)
 
 
 def fold(state: EngineState, events: Iterable[Event]) -> tuple[EngineState, list[Output]]:

@@ -152,6 +152,23 @@ def test_a_contextual_feedback_that_raises_leaves_its_cell_as_it_was(
     assert step(state, query("q2", task="x")) == step(twin, query("q2", task="x"))
 
 
+def test_the_contextual_journal_does_not_outlive_its_event() -> None:
+    state, _ = run_log([arrived("a"), arrived("b"), stage(0), query("q0", task="x")],
+                       policy="contextual", m_max=2)
+    book = state.context
+    assert book is not None
+    step(state, query("q1", task="y"))  # a new context: the journal copies the whole book
+    step(state, Feedback(query_id="q0", model_id=only_routed(state, "q0"), reward=0.5,
+                         cost=0.1, time=0.0))  # a feedback: the journal copies a cell
+    step(state, query("q1", task="y"))  # rejected (a duplicate)
+    assert state.context is book
+    assert (book.journal, book.before, book.counted, book.observed) == (False, None, None, None)
+
+
+def only_routed(state: Any, query_id: str) -> str:
+    return str(state.queries[query_id].model_id)
+
+
 def test_capture_covers_every_field_of_the_engine_state() -> None:
     """``capture`` names the fields one by one (for speed): a new field must be added to it
     (or declared per-query, or the contextual book) before this passes."""
