@@ -90,12 +90,18 @@ def trusted(cls: type[M], **fields: Any) -> M:
             raise TypeError(f"{cls.__name__}: trusted() needs every field; missing "
                             f"{sorted(missing)}")
     obj = cls.__new__(cls)
-    # Frozen models refuse __setattr__; this is how pydantic itself fills a constructed model.
+    # Frozen models refuse __setattr__; this is how pydantic itself fills a constructed model
+    # (its slots' descriptors set directly: the engine builds one record per query).
     object.__setattr__(obj, "__dict__", fields)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    _set_fields_set(obj, set(fields))
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
+
+
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 Text = Annotated[str, Strict(), Field(pattern=TEXT_PATTERN)]
