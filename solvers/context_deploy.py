@@ -80,7 +80,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from ortools.linear_solver import pywraplp
 
-from solvers.context_lp import ContextPlanSolution, context_lp
+from solvers.context_lp import ContextPlanSolution, context_lp, plan_value, traffic_average
 from solvers.deploy_opt import fill_slots, solve_mip
 from solvers.route_opt import (
     BUDGET_INFEASIBLE,
@@ -128,8 +128,8 @@ def context_deploy_opt(mu: ArrayLike, cost: ArrayLike, freq: ArrayLike, alpha: A
         caps = caps / top_k if top_k > 0 else np.ones(n)
 
     support, infeasible, solved = _support(mu_a, cost_a, f, caps, budget, k)
-    avg_mu = _traffic_average(f, mu_a)
-    avg_cost = _traffic_average(f, cost_a)
+    avg_mu = traffic_average(f, mu_a)
+    avg_cost = traffic_average(f, cost_a)
     if infeasible:
         support = sorted(sorted(range(n), key=lambda i: (avg_cost[i], -avg_mu[i], i))[:k])
     selected = fill_slots(support, avg_mu, avg_cost, budget, k)
@@ -173,13 +173,7 @@ def _reuse(solved: _Solved | None, cols: list[int], mu: FloatArray, f: FloatArra
             p[:, position[c]] = column
         elif np.any(column != 0.0):
             return None
-    objective = math.fsum((f[:, None] * p * mu[:, cols]).ravel().tolist())
-    return p, objective, OPTIMAL
-
-
-def _traffic_average(f: FloatArray, values: FloatArray) -> list[float]:
-    """``sum_x f_x values[x, m]`` per model, summed exactly (no BLAS)."""
-    return [math.fsum((f * values[:, m]).tolist()) for m in range(values.shape[1])]
+    return p, plan_value(f, p, mu[:, cols]), OPTIMAL
 
 
 def _support(mu: FloatArray, cost: FloatArray, f: FloatArray, caps: FloatArray, budget: float,
@@ -233,7 +227,7 @@ def _best_subset(mu: FloatArray, cost: FloatArray, f: FloatArray, caps: FloatArr
     best_value = -math.inf
     # The first subset solved: the relaxation's k busiest models (ties to the lower index), a
     # good incumbent whose prices tighten the other bounds most; then best-first.
-    traffic = [math.fsum((f * relaxed.p[:, m]).tolist()) for m in range(n)]
+    traffic = traffic_average(f, relaxed.p)
     busiest = sorted(sorted(range(n), key=lambda m: (-traffic[m], m))[:k])
     i = int(np.flatnonzero(np.all(sets == np.array(busiest), axis=1))[0])
     while True:

@@ -110,8 +110,19 @@ def context_lp(mu: ArrayLike, cost: ArrayLike, freq: ArrayLike, alpha: ArrayLike
     else:
         price = solved[2] / budget
     p, share_price, _, pivots = solved
-    objective = math.fsum((f[:, None] * p * mu_a).ravel().tolist())
-    return ContextPlanSolution(p, objective, status, share_price, price, pivots)
+    return ContextPlanSolution(p, plan_value(f, p, mu_a), status, share_price, price, pivots)
+
+
+def plan_value(f: FloatArray, p: FloatArray, mu: FloatArray) -> float:
+    """(1) of plan ``p``: ``sum_x f_x sum_m p_xm mu_xm``, products elementwise and the sum
+    ``math.fsum`` (no BLAS): the same float on every machine."""
+    return math.fsum((f[:, None] * p * mu).ravel().tolist())
+
+
+def traffic_average(f: FloatArray, values: FloatArray) -> list[float]:
+    """``sum_x f_x values[x, m]`` per column ``m``, summed exactly as ``plan_value``: of a plan,
+    each model's share of the traffic; of scores, their average over the traffic."""
+    return [math.fsum((f * values[:, m]).tolist()) for m in range(values.shape[1])]
 
 
 def _validate(mu: ArrayLike, cost: ArrayLike, freq: ArrayLike, alpha: ArrayLike, budget: float,

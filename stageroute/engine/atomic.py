@@ -86,8 +86,7 @@ def _capture_book(book: ContextBook, event: Event) -> Callable[[], ContextBook]:
     if isinstance(event, (Query, Feedback)):
         book.begin(journal=True)
         return book.rollback
-    book.begin(journal=False)
-    copy = book.clone()
+    copy = book.clone()  # the journal is off: ``apply`` ends it with every event
     return lambda: copy
 
 

@@ -63,7 +63,7 @@ from numpy.typing import NDArray
 
 from schemas import QueryFeatures
 from solvers.context_deploy import context_deploy_opt
-from solvers.context_lp import context_lp
+from solvers.context_lp import context_lp, traffic_average
 from solvers.route_opt import BUDGET_INFEASIBLE, CAPS_BUDGET_INFEASIBLE
 from stageroute.engine.budget import Plan, limits
 from stageroute.policies import ModelStats, Scores
@@ -128,7 +128,7 @@ class ContextPlan:
     models: list[str]
     rows: list[PlanRow | None]
     infeasible: bool
-    column: dict[str, int] = field(default_factory=dict)
+    column: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.column = {m: j for j, m in enumerate(self.models)}
@@ -391,8 +391,7 @@ def _plan(book: ContextBook, deployed: list[ModelStats], p: FloatArray,
           infeasible: bool) -> ContextPlan:
     """The plan rows of ``p`` (``(contexts, models)``); see the module docstring.  Products
     are elementwise and sums ``math.fsum``: the same floats on every machine."""
-    weighted = (np.array(freq)[:, None] * p).T.tolist()
-    used = [math.fsum(column) for column in weighted]
+    used = traffic_average(np.array(freq), p)
     total = math.fsum(alpha)
     if total < 1.0 - 1e-12:  # shares that cannot carry all traffic are scaled, as ContextLP does
         alpha = [a / total for a in alpha]
@@ -420,15 +419,14 @@ def deploy(state: EngineState, book: ContextBook, candidates: list[ModelStats], 
     solution = context_deploy_opt(mu, cost, freq, alpha, state.config.budget, m_max)
     selected = list(solution.selected)
     state.set_deployed([candidates[i] for i in selected])
-    p = solution.p.tolist()
     cost_sel = [[row[i] for i in selected] for row in cost]
     infeasible = solution.status in (BUDGET_INFEASIBLE, CAPS_BUDGET_INFEASIBLE)
     book.plan = _plan(book, state.deployed, solution.p, cost_sel, freq,
                       [alpha[i] for i in selected], infeasible)
     book.since_plan = 0
+    f = np.array(freq)
     share = [0.0] * len(candidates)
-    for j, i in enumerate(selected):
-        share[i] = math.fsum(f * row[j] for f, row in zip(freq, p))
-    average = [[math.fsum(f * row[i] for f, row in zip(freq, table))
-                for i in range(len(candidates))] for table in (mu, cost)]
-    return (average[0], average[1], share, solution.objective, solution.status)
+    for i, used in zip(selected, traffic_average(f, solution.p)):
+        share[i] = used
+    return (traffic_average(f, np.array(mu)), traffic_average(f, np.array(cost)), share,
+            solution.objective, solution.status)

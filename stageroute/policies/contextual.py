@@ -107,14 +107,12 @@ class Cell:
             self.max_c = cost
 
     def copy(self) -> Cell:
-        return Cell(self.n, self.mean_r, self.m2_r, self.mean_c, self.max_c, self.reward,
-                    self.cost)
+        return Cell.from_json(self.to_json())
 
     def assign(self, other: Cell) -> None:
         """Take ``other``'s values (in place)."""
-        (self.n, self.mean_r, self.m2_r, self.mean_c, self.max_c, self.reward,
-         self.cost) = (other.n, other.mean_r, other.m2_r, other.mean_c, other.max_c,
-                       other.reward, other.cost)
+        for name in Cell.__slots__:
+            setattr(self, name, getattr(other, name))
 
     def to_json(self) -> list[Any]:
         return [self.n, self.mean_r, self.m2_r, self.mean_c, self.max_c, self.reward, self.cost]

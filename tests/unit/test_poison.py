@@ -158,15 +158,11 @@ def test_the_contextual_journal_does_not_outlive_its_event() -> None:
     book = state.context
     assert book is not None
     step(state, query("q1", task="y"))  # a new context: the journal copies the whole book
-    step(state, Feedback(query_id="q0", model_id=only_routed(state, "q0"), reward=0.5,
+    step(state, Feedback(query_id="q0", model_id=state.queries["q0"].model_id, reward=0.5,
                          cost=0.1, time=0.0))  # a feedback: the journal copies a cell
     step(state, query("q1", task="y"))  # rejected (a duplicate)
     assert state.context is book
     assert (book.journal, book.before, book.counted, book.observed) == (False, None, None, None)
-
-
-def only_routed(state: Any, query_id: str) -> str:
-    return str(state.queries[query_id].model_id)
 
 
 def test_capture_covers_every_field_of_the_engine_state() -> None:
