@@ -12,6 +12,9 @@ batches of 100 queries.  Each query carries its row's task: with ``--contexts N`
 three tasks are split into N contexts (each task's rows dealt round-robin into about N / 3
 groups), else the table's own three; only the contextual policies route on them.
 
+The header says which engine ran: the interpreted one, or the compiled build of ``setup.py``
+(``STAGEROUTE_COMPILE=1 pip install -e .``).
+
 Feedback depends on the model routed to, so the log is built by one untimed pass; each timed
 pass then replays that fixed log through ``apply`` with a fresh state (decisions are a pure
 function of config, events and seed, so the replay routes identically; this is checked).  Only
@@ -40,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+import stageroute
 from schemas import Event
 from stageroute.backtest.driver import Stream, drive, iid_rows, table_workload
 from stageroute.backtest.scenario import all_live, equal_stages
@@ -149,6 +153,9 @@ def main() -> None:
           f"arrived, alpha = {ALPHA}, list prices, T = {horizon:,}, "
           f"K = {len(equal_stages(horizon))} stages, gamma = {GAMMA}, "
           f"{len(set(table.tasks))} contexts (tasks)")
+    build = ("compiled (mypyc, STAGEROUTE_COMPILE=1 at install)" if stageroute.COMPILED
+             else "interpreted (STAGEROUTE_COMPILE=1 pip install -e . compiles it: setup.py)")
+    print(f"engine: {build}")
     print(f"timed: apply() over the prebuilt log, fresh state per pass; median of "
           f"{args.passes} passes\n")
     cases = [(8, 1, True), (4, 1, True), (16, 1, True), (8, 100, True), (8, 1, False)]

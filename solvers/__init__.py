@@ -1,5 +1,11 @@
 """Pure StageRoute solvers: confidence bounds, RouteOPT, DeployOPT (numpy + OR-Tools, no I/O)."""
 
+from solvers.compiled import check
+
+COMPILED = check(__file__)  # before any module of the package is imported
+
+# ruff: noqa: E402
+
 from solvers.bounds import confidence_radius, cost_lcb, model_bounds, reward_ucb
 from solvers.context_deploy import ContextDeploySolution, context_deploy_opt
 from solvers.context_lp import ContextPlanSolution, context_lp

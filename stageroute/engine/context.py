@@ -67,7 +67,8 @@ from solvers.context_lp import context_lp, traffic_average
 from solvers.route_opt import BUDGET_INFEASIBLE, CAPS_BUDGET_INFEASIBLE
 from stageroute.engine.budget import Plan, limits
 from stageroute.policies import ModelStats, Scores
-from stageroute.policies.contextual import Cell, ContextualMixin, Prior
+from stageroute.policies.context_stats import Cell, Prior
+from stageroute.policies.contextual import ContextualMixin
 
 if TYPE_CHECKING:
     from stageroute.engine.state import EngineState

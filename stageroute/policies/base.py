@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from solvers import model_bounds
 
@@ -153,6 +154,8 @@ class Scores:
     risk: list[float] | None = None
 
 
+# Compiled in the compiled build (setup.py); its subclasses are not.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Policy(ABC):
     """A routing/deployment policy: pure, deterministic given (statistics, seed, key)."""
 
@@ -202,7 +205,7 @@ def paper_scores(models: list[ModelStats]) -> Scores:
     return Scores([m.mu_u for m in models], [m.c_l for m in models], cacheable=True)
 
 
-def check_unit(name: str, value: float) -> float:
+def check_unit(name: str, value: object) -> float:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
         raise ValueError(f"policy parameter {name}: expected a number in [0, 1], got {value!r}")
     return float(value)

@@ -86,7 +86,13 @@ def _explain(exc: BaseException) -> tuple[int, str] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every expected failure is one line on stderr and its exit code."""
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ImportError as exc:
+        if type(exc).__name__ != "StaleBuild":  # solvers.compiled: see setup.py
+            raise
+        print(f"stageroute: error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
     args = parser.parse_args(argv)
     name = " ".join(filter(None, (args.command, getattr(args, "action", None))))
     flags = vars(args)

@@ -14,7 +14,7 @@ from solvers import BUDGET_INFEASIBLE
 from stageroute.backtest.driver import Workload, drive
 from stageroute.engine import EngineState, initial_state, restore, snapshot
 from stageroute.policies import ModelStats
-from stageroute.policies.contextual import Cell, Prior, context_key, shrunk_reward
+from stageroute.policies.context_stats import Cell, Prior, context_key, shrunk_reward
 from stageroute.verify import rederive_deployment, verify
 from tests.factories import (
     answer,
@@ -90,17 +90,13 @@ def test_contextual_scores_an_optimistic_bound_greedy_the_mean() -> None:
     prior = Prior(n=50, mean_r=0.6, var_r=0.2, c_hat=0.3, has_cost=True)
     cell = Cell()
     cell.observe(0.9, 0.5)
-    optimistic, greedy = Cell(**vars_of(cell)), Cell(**vars_of(cell))
+    optimistic, greedy = cell.copy(), cell.copy()
     policy_of("contextual", prior_weight=9.0).score_cell("x", "m", optimistic, prior, GAMMA)
     policy_of("contextual_greedy", prior_weight=9.0).score_cell("x", "m", greedy, prior, GAMMA)
     total, mean, var = shrunk_reward(cell, prior, 9.0)
     assert optimistic.reward == pytest.approx(min(1.0, mean + 2 * radius(var, total)))
     assert greedy.reward == pytest.approx(mean) and mean == pytest.approx(0.63)
     assert optimistic.cost == greedy.cost == pytest.approx((9 * 0.3 + 0.5) / 10)
-
-
-def vars_of(cell: Cell) -> dict[str, Any]:
-    return {k: getattr(cell, k) for k in Cell.__slots__}
 
 
 def test_a_model_without_observations_scores_one_in_every_context() -> None:

@@ -1,5 +1,7 @@
 """The existing policies' decisions, bit for bit: digests of every output on fixed runs.
 
+CI also runs this file on the compiled build (``setup.py``): the same digests.
+
 The digests were computed before the contextual policy was added (the commit that added the
 budget ledger); main's later engine changes (atomic apply, the DeployOPT tolerance fix) left
 them as they were, which was checked on main itself when it was merged.  Adding a policy must
@@ -45,6 +47,13 @@ GOLDEN: dict[tuple[str, float, bool, int, int], str] = {
         'ebff8632c1a3c0e69323196dbb40704b0fa4a8cbaef9178007d419e99a563c3a',
     ('oracle', 0.3, True, 0, 0):
         '78aeda3612375ba4754c6a985c8d89e732f018514cae8e80d7880482ff57b8c8',
+    # Recorded after the contextual throughput work: the compiled build must match them.
+    ('contextual', 0.3, True, 0, 0):
+        'e6e70564f590821582bd58767ac4fa5e3756555d7a4e78e6846e99d9b10bac57',
+    ('contextual', 0.7, False, 2, 1):
+        '4707e9ca4baee6c4c052683aba12587d8f18edfce9d2662159f1cea8e9899678',
+    ('contextual_greedy', 0.3, True, 0, 2):
+        'aa0033c6dc3f03d00a78ab00589b968348a94abf574674f61949ec7013cc6a03',
 }
 
 #: SHA-256 of the scripted log's outputs (tests.factories.log_digest) per policy.
@@ -79,6 +88,9 @@ CASES = [
     ("thompson", 0.7, True, 2, 0),
     ("epsilon_greedy", 0.3, True, 0, 4),
     ("oracle", 0.3, True, 0, 0),
+    ("contextual", 0.3, True, 0, 0),
+    ("contextual", 0.7, False, 2, 1),
+    ("contextual_greedy", 0.3, True, 0, 2),
 ]
 POLICIES = ["stageroute", "stageroute_paper", "greedy", "epsilon_greedy", "thompson", "random",
             "static", "ucb_bwk", "oracle"]

@@ -103,7 +103,8 @@ def _solver_fails(*args: Any, **kwargs: Any) -> Any:
     # count is put back into the copy taken before the re-plan).
     ("stageroute.engine.context.context_lp", query("q9", 1.0, task="x"), True),
     # RouteOPT for a query of a known context, no re-plan: after it was counted.
-    ("stageroute.engine.core.solve_lists", query("q9", 1.0, task="x"), False),
+    pytest.param("stageroute.engine.core.solve_lists", query("q9", 1.0, task="x"), False,
+                 marks=pytest.mark.interpreted_only),
 ])
 def test_a_contextual_handler_that_raises_leaves_the_contexts_as_they_were(
         monkeypatch: pytest.MonkeyPatch, target: str, event: Any, stale: bool) -> None:
@@ -132,6 +133,7 @@ def test_a_contextual_handler_that_raises_leaves_the_contexts_as_they_were(
     assert routings(step(state, query("q10", 2.0, task="x")))
 
 
+@pytest.mark.interpreted_only
 def test_a_contextual_feedback_that_raises_leaves_its_cell_as_it_was(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The ledger's settlement comes after the (context, model) cell took the feedback.
