@@ -37,10 +37,14 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERRUPTED = 0, 1, 2, 3, 
 
 
 def _version() -> str:
+    """The installed version, and which engine runs (``setup.py``: the compiled build)."""
+    import stageroute
+
+    engine = "compiled engine" if stageroute.COMPILED else "interpreted engine"
     try:
-        return version("stageroute")
+        return f"{version('stageroute')} ({engine})"
     except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
+        return f"unknown ({engine})"
 
 
 def build_parser() -> argparse.ArgumentParser:

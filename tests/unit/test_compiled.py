@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import stageroute
 from solvers.compiled import StaleBuild, check
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,3 +74,10 @@ def test_the_cli_names_a_stale_build_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 1 and "stageroute/engine/budget.py" in lines[0], lines
     assert "STAGEROUTE_COMPILE=1 pip install -e ." in lines[0]
+
+
+def test_the_version_says_which_engine_runs() -> None:
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "--version"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    engine = "compiled" if stageroute.COMPILED else "interpreted"
+    assert result.returncode == 0 and f"({engine} engine)" in result.stdout, result
