@@ -3,7 +3,7 @@
 ``STAGEROUTE_COMPILE=1 pip install .`` (or ``-e .``) compiles ``COMPILED`` to C extensions
 with mypyc, as mypy and black ship themselves: the same type-checked source (``mypy --strict``
 holds for it), the same decisions bit for bit (CI runs the unit suite, golden digests
-included, on this build), about 1.8x the interpreted speed per event.  Without the variable
+included, on this build), 1.5-2.4x the interpreted speed per event.  Without the variable
 the install is pure Python, the default for development: an edit takes effect at once.
 
 Each package gets ``_compiled.json``, the digest of every source it compiled; an editable
