@@ -102,7 +102,7 @@ class PlanRow:
         if cells is None:
             return cls(None, caps, budget, [], [], [], ())
         return cls(cells, caps, budget, [c.reward for c in cells], [c.cost for c in cells],
-                   [max(c.cost, c.max_c) for c in cells],
+                   [c.risk for c in cells],
                    tuple(j for j, c in enumerate(cells) if not c.n))
 
     def sync(self, j: int) -> None:
@@ -114,7 +114,7 @@ class PlanRow:
         self.cost = self.cost.copy()
         self.cost[j] = cell.cost
         self.risk = self.risk.copy()
-        self.risk[j] = max(cell.cost, cell.max_c)
+        self.risk[j] = cell.risk
         if cell.n and j in self.unobserved:
             self.unobserved = tuple(k for k in self.unobserved if k != j)
         elif not cell.n and j not in self.unobserved:

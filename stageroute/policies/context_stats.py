@@ -46,6 +46,12 @@ class Cell:
     reward: float = 1.0
     cost: float = 0.0
 
+    @property
+    def risk(self) -> float:
+        """What the budget ledger's affordability rule charges once the cell has observations:
+        its cost estimate or the dearest cost seen, whichever is higher."""
+        return max(self.cost, self.max_c)
+
     def observe(self, reward: float, cost: float) -> None:
         self.n += 1
         n = self.n
